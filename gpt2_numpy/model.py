@@ -1,0 +1,205 @@
+"""GPT-2 in pure NumPy, forward only: every piece of the math written out.
+
+A map of gpt2_torch/model.py: the same classes with the same attributes, parameters and trace names.
+The building blocks are plain functions that read like the paper; the classes only hold weights.
+Arrays keep the model's dtype throughout (float32 or float64): no silent promotion to float64.
+"""
+
+import math
+from collections import OrderedDict
+
+import numpy as np
+
+import weights
+from weights import GPTConfig
+from weights.sampling import generate_tokens
+
+DTYPES = {"float32": np.float32, "float64": np.float64}
+
+
+# --- the math -------------------------------------------------------------------------------------
+
+def layer_norm(x, weight, bias, eps=1e-5):
+    mean = x.mean(axis=-1, keepdims=True)  # (..., 1)
+    var = ((x - mean) ** 2).mean(axis=-1, keepdims=True)  # (..., 1) biased variance
+    x_hat = (x - mean) / np.sqrt(var + eps)  # (..., C) zero mean, unit variance
+    return x_hat * weight + bias if bias is not None else x_hat * weight
+
+
+def gelu(x):
+    # GPT-2's tanh approximation of x * Phi(x) (Hendrycks & Gimpel 2016), not the exact erf form.
+    return 0.5 * x * (1 + np.tanh(math.sqrt(2 / math.pi) * (x + 0.044715 * x**3)))
+
+
+def softmax(x, axis=-1):
+    e = np.exp(x - x.max(axis=axis, keepdims=True))  # max-subtracted: exp never overflows
+    return e / e.sum(axis=axis, keepdims=True)
+
+
+def causal_mask(T, S, dtype):
+    """(T, S) additive mask: query t (the t-th of the last T of S positions) sees keys 0 .. S - T + t."""
+    return np.triu(np.full((T, S), -np.inf, dtype=dtype), k=S - T + 1)  # (T, S) 0 on and below the diagonal
+
+
+def attention(q, k, v, mask):
+    """softmax(q k^T / sqrt(d) + mask) v for all heads at once: (B, nh, T, hs), (B, nh, S, hs) x 2 -> (B, nh, T, hs)."""
+    scores = q @ k.swapaxes(-1, -2) / math.sqrt(q.shape[-1])  # (B, nh, T, S)
+    if mask is not None:
+        scores = scores + mask  # (B, nh, T, S) -inf above the (bottom-right aligned) diagonal
+    return softmax(scores) @ v  # (B, nh, T, S) x (B, nh, S, hs) -> (B, nh, T, hs)
+
+
+# --- the modules, named as in gpt2_torch ------------------------------------------------------------
+
+class Linear:
+    """y = x @ weight + bias, weight in the canonical (in, out) layout."""
+
+    def __init__(self, weight, bias):
+        self.weight, self.bias = weight, bias
+
+    def __call__(self, x):
+        y = x @ self.weight  # (..., in) x (in, out) -> (..., out)
+        return y + self.bias if self.bias is not None else y
+
+
+class LayerNorm:
+    def __init__(self, weight, bias):
+        self.weight, self.bias = weight, bias
+
+    def __call__(self, x):
+        return layer_norm(x, self.weight, self.bias)
+
+
+class CausalSelfAttention:
+    def __init__(self, config, p, prefix):
+        self.c_attn = Linear(p[f"{prefix}.c_attn.weight"], p.get(f"{prefix}.c_attn.bias"))
+        self.c_proj = Linear(p[f"{prefix}.c_proj.weight"], p.get(f"{prefix}.c_proj.bias"))
+        self.n_head = config.n_head
+        self.n_embd = config.n_embd
+
+    def __call__(self, x, kv_cache=None, start=0, mask=None):
+        B, T, C = x.shape
+        qkv = self.c_attn(x).reshape(B, T, 3, self.n_head, C // self.n_head)  # (B, T, 3, nh, hs)
+        q, k, v = qkv.transpose(2, 0, 3, 1, 4)  # 3 x (B, nh, T, hs)
+        if kv_cache is not None:  # append this step's keys and values, then attend to all S = start + T of them
+            k_cache, v_cache = kv_cache  # 2 x (B, nh, block_size, hs), preallocated
+            k_cache[:B, :, start : start + T] = k
+            v_cache[:B, :, start : start + T] = v
+            k, v = k_cache[:B, :, : start + T], v_cache[:B, :, : start + T]  # (B, nh, S, hs)
+        y = attention(q, k, v, mask)  # (B, nh, T, hs)
+        y = y.transpose(0, 2, 1, 3).reshape(B, T, C)  # (B, T, C) heads side by side again
+        return self.c_proj(y)
+
+
+class MLP:
+    def __init__(self, config, p, prefix):
+        self.c_fc = Linear(p[f"{prefix}.c_fc.weight"], p.get(f"{prefix}.c_fc.bias"))
+        self.c_proj = Linear(p[f"{prefix}.c_proj.weight"], p.get(f"{prefix}.c_proj.bias"))
+
+    def __call__(self, x):
+        return self.c_proj(gelu(self.c_fc(x)))  # (B, T, C) -> (B, T, 4C) -> (B, T, C)
+
+
+class Block:
+    def __init__(self, config, p, prefix):
+        self.ln_1 = LayerNorm(p[f"{prefix}.ln_1.weight"], p.get(f"{prefix}.ln_1.bias"))
+        self.attn = CausalSelfAttention(config, p, f"{prefix}.attn")
+        self.ln_2 = LayerNorm(p[f"{prefix}.ln_2.weight"], p.get(f"{prefix}.ln_2.bias"))
+        self.mlp = MLP(config, p, f"{prefix}.mlp")
+
+    def __call__(self, x, kv_cache=None, start=0, mask=None, trace=None, name="h"):
+        ln_1 = self.ln_1(x)
+        attn = self.attn(ln_1, kv_cache, start, mask)
+        x = x + attn  # residual around attention
+        ln_2 = self.ln_2(x)
+        mlp = self.mlp(ln_2)
+        x = x + mlp  # residual around the MLP
+        if trace is not None:
+            trace.update({f"{name}.ln_1": ln_1, f"{name}.attn": attn, f"{name}.ln_2": ln_2, f"{name}.mlp": mlp, name: x})
+        return x
+
+
+class GPT:
+    def __init__(self, config: GPTConfig, params: dict[str, np.ndarray]):
+        """params: canonical name -> array (weights.load), already in the model's dtype."""
+        self.config = config
+        self.dtype = params["wte.weight"].dtype
+        self.wte = params["wte.weight"]  # (vocab_size, C), also the lm_head
+        self.wpe = params["wpe.weight"]  # (block_size, C)
+        self.h = [Block(config, params, f"h.{i}") for i in range(config.n_layer)]
+        self.ln_f = LayerNorm(params["ln_f.weight"], params.get("ln_f.bias"))
+        self.kv_cache = None  # n_layer x (k, v), each (B, nh, block_size, hs); allocated by generate
+
+    def lm_head(self, x):
+        return x @ self.wte.T  # (..., C) x (C, vocab_size) -> (..., vocab_size), tied to the token embedding
+
+    def __call__(self, idx, start=0, trace=None):
+        """Logits of the last position, (B, 1, vocab_size), as the torch backend's forward.
+
+        start > 0 continues the sequence in the KV cache (tokens idx sit at positions start .. start+T-1).
+        """
+        idx = np.asarray(idx)
+        B, T = idx.shape
+        assert start + T <= self.config.block_size, f"positions up to {start + T}, block_size is {self.config.block_size}"
+        x = self.wte[idx] + self.wpe[start : start + T]  # (B, T, C) token + position embeddings
+        if trace is not None:
+            trace["embed"] = x
+        # One query at the end of the cache (decoding) sees every key; otherwise one mask serves every layer.
+        mask = causal_mask(T, start + T, self.dtype) if T > 1 else None  # (T, S)
+        for i, block in enumerate(self.h):
+            x = block(x, self.kv_cache[i] if self.kv_cache is not None else None, start, mask, trace, f"h.{i}")
+        x = self.ln_f(x)  # (B, T, C)
+        if trace is not None:
+            trace["ln_f"] = x
+            trace["logits"] = self.lm_head(x)  # (B, T, vocab_size)
+        return self.lm_head(x[:, [-1], :])  # (B, 1, vocab_size): only the last position is needed to sample
+
+    def trace(self, idx) -> "OrderedDict[str, np.ndarray]":
+        """Every named activation of a forward pass over idx (B, T), in order: embed, h.{i}.ln_1, h.{i}.attn,
+        h.{i}.ln_2, h.{i}.mlp, h.{i}, ln_f, logits (B, T, vocab_size). No KV cache is used or changed."""
+        activations = OrderedDict()
+        cache, self.kv_cache = self.kv_cache, None
+        try:
+            self(idx, trace=activations)
+        finally:
+            self.kv_cache = cache
+        return activations
+
+    def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None, rng=None, use_cache=True):
+        """Continue idx (B, T) by max_new_tokens tokens and return the whole sequence (B, T + max_new_tokens)."""
+        prompt = np.asarray(idx, dtype=np.int64)  # (B, T)
+        steps = [t[:, None] for t in self.generate_tokens(prompt, max_new_tokens, temperature, top_k, top_p, rng, use_cache)]
+        return np.concatenate([prompt, *steps], axis=1)  # (B, T + max_new_tokens)
+
+    def generate_tokens(self, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None, rng=None, use_cache=True):
+        """Yield the new token ids (B,) one step at a time; the sampling is weights.sampling's, shared with torch."""
+
+        def forward(ids, start):
+            if start == 0 and use_cache:
+                self.allocate_kv_cache(ids.shape[0])
+            return self(ids, start)[:, -1, :]  # (B, V)
+
+        rng = rng if rng is not None else np.random.default_rng()
+        try:
+            yield from generate_tokens(forward, np.asarray(idx, dtype=np.int64), max_new_tokens,
+                                       self.config.block_size, rng, temperature, top_k, top_p, use_cache)
+        finally:
+            self.kv_cache = None  # free it: block_size x n_layer x 2 x n_embd values per sequence
+
+    def allocate_kv_cache(self, batch_size):
+        """Preallocate the keys and values of every layer for batch_size sequences of up to block_size tokens."""
+        c = self.config
+        shape = (batch_size, c.n_head, c.block_size, c.n_embd // c.n_head)  # (B, nh, block_size, hs)
+        if self.kv_cache is None or self.kv_cache[0][0].shape != shape:
+            self.kv_cache = [(np.empty(shape, self.dtype), np.empty(shape, self.dtype)) for _ in range(c.n_layer)]
+
+    @classmethod
+    def from_pretrained(cls, source, dtype="float32"):
+        """A GPT with the weights of source (a model name, or a path: see weights.load), in float32 or float64.
+
+        Arrays already in dtype are used as the loader returns them (memory-mapped safetensors: no copy)."""
+        if dtype not in DTYPES:
+            raise ValueError(f"the NumPy backend computes in {' or '.join(DTYPES)}, not '{dtype}'")
+        config, params = weights.load(source)
+        params = {name: array.astype(DTYPES[dtype], copy=False) for name, array in params.items()}
+        return cls(config, params)

@@ -1,0 +1,8 @@
+"""GPT-2 in PyTorch (CPU, CUDA, MPS): see model.py."""
+
+from weights import GPTConfig
+
+from .device import resolve_device
+from .model import DTYPES, GPT, MLP, Block, CausalSelfAttention, LayerNorm
+
+__all__ = ["GPT", "GPTConfig", "LayerNorm", "CausalSelfAttention", "MLP", "Block", "DTYPES", "resolve_device"]

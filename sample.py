@@ -1,0 +1,152 @@
+"""Sample text from a pretrained GPT-2 with the PyTorch or the NumPy backend.
+
+    uv run sample.py --start="Hello, my name is"
+    uv run sample.py --backend numpy --start=FILE:prompts/love_letter.txt --num_samples 2
+
+nanoGPT's sample.py options and defaults, plus --init-from, --backend, --dtype, --compile and --top_p.
+The same --seed prints the same text from both backends: they share one sampling algorithm.
+"""
+
+import argparse
+import codecs
+import sys
+
+import numpy as np
+
+from weights import WeightsError, tokenizer
+
+SEPARATOR = "---------------"
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line, not argparse's usage block
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def _number(kind, low, high=None, low_open=False, name=""):
+    """An argparse type: kind (int or float) in [low, high] (or (low, high] with low_open)."""
+
+    def parse(text):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"'{text}' is not {'an integer' if kind is int else 'a number'}") from None
+        if value != value or (value <= low if low_open else value < low) or (high is not None and value > high):
+            bounds = f"{'>' if low_open else '>='} {low}" + (f" and <= {high}" if high is not None else "")
+            raise argparse.ArgumentTypeError(f"{text} is out of range: must be {bounds}")
+        return value
+
+    parse.__name__ = kind.__name__  # argparse names the type in its messages
+    return parse
+
+
+def parse_args(argv=None):
+    p = _Parser(prog="sample.py", description="Sample text from GPT-2 with the PyTorch or the NumPy backend.")
+    p.add_argument("--init-from", "--init_from", dest="init_from", default="gpt2",
+                   help="gpt2, gpt2-medium, gpt2-large, gpt2-xl, distilgpt2 (Hugging Face hub, cached), or the path "
+                        "of a Hugging Face directory, a .safetensors file or a nanoGPT ckpt.pt (default: gpt2)")
+    p.add_argument("--start", default="\n",
+                   help='the prompt; FILE:path reads it from a file; <|endoftext|> is allowed; an empty prompt starts '
+                        'from <|endoftext|> (default: "\\n")')
+    p.add_argument("--num_samples", "--num-samples", type=_number(int, 1), default=1, help="samples to draw (default: 1)")
+    p.add_argument("--max_new_tokens", "--max-new-tokens", type=_number(int, 0), default=100,
+                   help="tokens generated per sample (default: 100)")
+    p.add_argument("--temperature", type=_number(float, 0.0), default=0.8,
+                   help="1.0 samples the model's distribution, lower is more conservative, 0 is greedy (default: 0.8)")
+    p.add_argument("--top_k", "--top-k", type=_number(int, 0), default=200,
+                   help="sample only from the k most likely tokens; 0 disables (default: 200)")
+    p.add_argument("--top_p", "--top-p", type=_number(float, 0.0, 1.0, low_open=True), default=None,
+                   help="sample only from the smallest set of tokens whose probability reaches p (default: off)")
+    p.add_argument("--seed", type=_number(int, 0), default=1337, help="random seed (default: 1337)")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or mps; the NumPy backend is cpu only (default: cpu)")
+    p.add_argument("--backend", choices=("torch", "numpy"), default="torch", help="the implementation (default: torch)")
+    p.add_argument("--dtype", choices=("float32", "float64", "bfloat16", "float16"), default="float32",
+                   help="torch: all four; numpy: float32 or float64 (default: float32)")
+    p.add_argument("--compile", action="store_true", help="torch.compile the model (torch backend only)")
+    args = p.parse_args(argv)
+    if args.backend == "numpy":
+        if args.device != "cpu":
+            p.error(f"--device {args.device}: the NumPy backend runs on the CPU only")
+        if args.dtype not in ("float32", "float64"):
+            p.error(f"--dtype {args.dtype}: the NumPy backend computes in float32 or float64 (NumPy has no bfloat16)")
+        if args.compile:
+            p.error("--compile is for the torch backend")
+    return args
+
+
+def read_prompt(start: str) -> str:
+    if not start.startswith("FILE:"):
+        return start
+    path = start[len("FILE:"):]
+    try:
+        with open(path, encoding="utf-8") as f:
+            return f.read()
+    except OSError as e:
+        raise SystemExit(f"sample.py: error: cannot read the prompt file {path}: {e.strerror}")
+    except UnicodeDecodeError:
+        raise SystemExit(f"sample.py: error: the prompt file {path} is not UTF-8 text")
+
+
+def load_model(args):
+    if args.backend == "numpy":
+        from gpt2_numpy import GPT
+
+        return GPT.from_pretrained(args.init_from, dtype=args.dtype)
+    import torch
+
+    from gpt2_torch import GPT
+
+    torch.manual_seed(args.seed)
+    model = GPT.from_pretrained(args.init_from, device=args.device, dtype=args.dtype)
+    if args.compile:
+        model.compile(dynamic=True)
+    return model
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    text = read_prompt(args.start)
+    try:
+        model = load_model(args)
+        ids = tokenizer.encode(text) or [tokenizer.END_OF_TEXT_ID]
+    except (WeightsError, tokenizer.TokenizerError, ValueError) as e:
+        raise SystemExit(f"sample.py: error: {e}")
+    block_size, vocab_size = model.config.block_size, model.config.vocab_size
+    if max(ids) >= vocab_size:
+        raise SystemExit(f"sample.py: error: the prompt has token id {max(ids)}, but this model's vocabulary has {vocab_size} tokens")
+    if len(ids) > block_size:
+        print(f"sample.py: the prompt has {len(ids)} tokens; keeping the last {block_size} (block_size)", file=sys.stderr)
+        ids = ids[-block_size:]
+
+    rng = np.random.default_rng(args.seed)  # one generator for all samples, as nanoGPT seeds torch once
+    stream = sys.stdout.isatty()
+    out = sys.stdout
+    for _ in range(args.num_samples):
+        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")  # a token may end mid-character
+        text = decoder.decode(tokenizer.decode_bytes(ids))
+        if stream:
+            out.write(text)
+            out.flush()
+        steps = model.generate_tokens(np.array([ids]), args.max_new_tokens, args.temperature,
+                                      args.top_k or None, args.top_p, rng)
+        for next_ids in steps:
+            piece = decoder.decode(tokenizer.decode_bytes(next_ids))
+            text += piece
+            if stream:
+                out.write(piece)
+                out.flush()
+        piece = decoder.decode(b"", final=True)
+        text += piece
+        out.write((piece if stream else text) + "\n" + SEPARATOR + "\n")
+        out.flush()
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except KeyboardInterrupt:
+        sys.stdout.flush()
+        sys.exit(130)
+    except BrokenPipeError:  # e.g. piped into `head`: stop quietly
+        sys.stderr.close()
+        sys.exit(1)

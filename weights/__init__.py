@@ -1,0 +1,15 @@
+"""The framework-neutral half of the suite, shared by both backends (it never imports torch itself):
+
+- config.py     GPTConfig and the pretrained presets
+- loader.py     load(source) -> (GPTConfig, {canonical name: NumPy array}); the canonical names live there
+- hub.py        model names -> the Hugging Face hub cache
+- tokenizer.py  GPT-2's BPE (tiktoken), from the rank file shipped here
+- sampling.py   the next-token draw and the decoding loop
+"""
+
+from .config import PRESETS, GPTConfig, preset
+from .errors import WeightsError
+from .hub import HUB_REPOS
+from .loader import load, parameter_shapes, save
+
+__all__ = ["GPTConfig", "PRESETS", "preset", "WeightsError", "HUB_REPOS", "load", "parameter_shapes", "save"]

@@ -1,0 +1,43 @@
+"""Resolve a pretrained model name to local files through the Hugging Face hub cache."""
+
+from pathlib import Path
+
+from .errors import WeightsError
+
+# Model name -> Hugging Face hub repository.
+HUB_REPOS = {
+    "gpt2": "openai-community/gpt2",
+    "gpt2-medium": "openai-community/gpt2-medium",
+    "gpt2-large": "openai-community/gpt2-large",
+    "gpt2-xl": "openai-community/gpt2-xl",
+    "distilgpt2": "distilbert/distilgpt2",
+}
+# Only these two files are fetched: no pytorch_model.bin, tf_model.h5, flax or onnx copies.
+HUB_FILES = ("config.json", "model.safetensors")
+
+
+def download(name: str) -> Path:
+    """Return the snapshot directory holding config.json and model.safetensors of model `name`.
+
+    huggingface_hub does the work: its cache (HF_HOME, HF_HUB_CACHE), its progress bar, and
+    HF_HUB_OFFLINE=1, under which only the cache is read.
+    """
+    import huggingface_hub
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    repo = HUB_REPOS[name]
+    try:
+        paths = [Path(huggingface_hub.hf_hub_download(repo, filename)) for filename in HUB_FILES]
+    except LocalEntryNotFoundError:
+        if huggingface_hub.constants.HF_HUB_OFFLINE:
+            why = "HF_HUB_OFFLINE=1 is set and it is not in the cache"
+        else:
+            why = "the Hugging Face hub is unreachable and it is not in the cache"
+        raise WeightsError(
+            f"cannot get '{name}' ({repo}): {why} ({huggingface_hub.constants.HF_HUB_CACHE}); "
+            "run once with network access to download it, or pass --init-from PATH to a local checkpoint"
+        ) from None
+    except Exception as e:  # HTTP errors, disk full, permission denied, ...
+        first_line = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise WeightsError(f"cannot download '{name}' ({repo}) from the Hugging Face hub: {first_line}") from None
+    return paths[0].parent

@@ -1,0 +1,340 @@
+"""weights.load(source) -> (GPTConfig, params): the one loader both backends share.
+
+It is framework-neutral: it returns NumPy arrays, and imports torch only to read a torch pickle.
+
+Canonical parameter names and orientation, defined here and nowhere else:
+
+    wte.weight                (vocab_size, n_embd)     token embeddings, also the (tied) lm_head
+    wpe.weight                (block_size, n_embd)     position embeddings
+    h.{i}.ln_1.weight, .bias  (n_embd,)
+    h.{i}.attn.c_attn.weight  (n_embd, 3 * n_embd)     x @ W + b gives q, k, v side by side
+    h.{i}.attn.c_attn.bias    (3 * n_embd,)
+    h.{i}.attn.c_proj.weight  (n_embd, n_embd)
+    h.{i}.attn.c_proj.bias    (n_embd,)
+    h.{i}.ln_2.weight, .bias  (n_embd,)
+    h.{i}.mlp.c_fc.weight     (n_embd, 4 * n_embd)
+    h.{i}.mlp.c_fc.bias       (4 * n_embd,)
+    h.{i}.mlp.c_proj.weight   (4 * n_embd, n_embd)
+    h.{i}.mlp.c_proj.bias     (n_embd,)
+    ln_f.weight, .bias        (n_embd,)
+
+Matrices are (in, out), so that a layer is `x @ W + b`. That is GPT-2's own layout (OpenAI's
+TensorFlow code, and Hugging Face's Conv1D after it), so the hub's safetensors are used as they lie
+on disk: memory-mapped, never copied. torch.nn.Linear stores (out, in): nanoGPT checkpoints are
+transposed here, and the torch backend transposes when it builds its Linear layers.
+A model with bias=False has no `.bias` entries. The lm_head is tied to wte and has no entry.
+"""
+
+import json
+import math
+import os
+import re
+from pathlib import Path
+
+import numpy as np
+
+from .config import PRESETS, GPTConfig
+from .errors import WeightsError
+from .hub import HUB_REPOS, download
+
+# Linear layers: the only parameters whose orientation differs between nn.Linear and Conv1D.
+MATRICES = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
+# Entries that checkpoints carry but that are not parameters: the causal-mask buffers and the tied head.
+_DROPPED = re.compile(r"(^|\.)attn\.(bias|masked_bias)$|^lm_head\.weight$")
+_PREFIXES = ("_orig_mod.", "module.", "transformer.")  # torch.compile, DataParallel, Hugging Face
+
+
+def parameter_shapes(config: GPTConfig) -> dict[str, tuple[int, ...]]:
+    """Every canonical parameter name with its shape, in the order of the forward pass."""
+    C = config.n_embd
+    shapes = {"wte.weight": (config.vocab_size, C), "wpe.weight": (config.block_size, C)}
+    layers = {
+        "ln_1": (C,), "attn.c_attn": (C, 3 * C), "attn.c_proj": (C, C),
+        "ln_2": (C,), "mlp.c_fc": (C, 4 * C), "mlp.c_proj": (4 * C, C),
+    }  # fmt: skip
+    for i in range(config.n_layer):
+        for name, shape in layers.items():
+            shapes[f"h.{i}.{name}.weight"] = shape
+            if config.bias:
+                shapes[f"h.{i}.{name}.bias"] = shape[-1:]
+    shapes["ln_f.weight"] = (C,)
+    if config.bias:
+        shapes["ln_f.bias"] = (C,)
+    return shapes
+
+
+def load(source: str | os.PathLike) -> tuple[GPTConfig, dict[str, np.ndarray]]:
+    """Load a GPT-2 checkpoint from any supported source.
+
+    source is one of
+      - a model name: gpt2, gpt2-medium, gpt2-large, gpt2-xl, distilgpt2 (through the Hugging Face hub cache);
+      - a Hugging Face directory: config.json + model.safetensors (or sharded, or pytorch_model.bin);
+      - a single .safetensors file (config from its metadata, a config.json beside it, or its shapes);
+      - a nanoGPT checkpoint ckpt.pt (model_args + model).
+    Returns the config and the parameters by canonical name (see the module docstring).
+    Raises WeightsError with a one-line message for every failure.
+    """
+    path = Path(source)
+    if not path.exists():
+        if str(source) in HUB_REPOS:
+            path = download(str(source))
+        elif os.sep in str(source) or path.suffix:
+            raise WeightsError(f"{source}: no such file or directory")
+        else:
+            raise WeightsError(
+                f"unknown model name '{source}' (known: {', '.join(HUB_REPOS)}); "
+                "to load a local checkpoint, give its path"
+            )
+    if path.is_dir():
+        config, params = _read_hf_directory(path)
+    elif path.suffix == ".safetensors":
+        config, params = _read_single_safetensors(path)
+    else:
+        config, params = _read_torch_checkpoint(path)
+    _check(config, params, path)
+    return config, params
+
+
+def save(path: str | os.PathLike, config: GPTConfig, params: dict[str, np.ndarray]) -> None:
+    """Write params as a .safetensors file that records its GPTConfig, so `load` needs nothing beside it."""
+    from safetensors.numpy import save_file
+
+    meta = {"gpt_config": json.dumps(vars(config))}
+    save_file({k: np.ascontiguousarray(v) for k, v in params.items()}, str(path), metadata=meta)
+
+
+# --- Hugging Face directories and safetensors ------------------------------------------------------
+
+def _read_hf_directory(path: Path):
+    config_file = path / "config.json"
+    if not config_file.is_file():
+        raise WeightsError(f"{path}: no config.json in this directory (expected a Hugging Face model directory)")
+    config = _config_from_hf(_read_json(config_file), config_file)
+    index = path / "model.safetensors.index.json"
+    if (path / "model.safetensors").is_file():
+        _, tensors = read_safetensors(path / "model.safetensors")
+    elif index.is_file():
+        shards = sorted(set(_read_json(index).get("weight_map", {}).values()))
+        if not shards:
+            raise WeightsError(f"{index}: no weight_map")
+        tensors = {}
+        for shard in shards:
+            tensors.update(read_safetensors(path / shard)[1])
+    elif (path / "pytorch_model.bin").is_file():
+        tensors = _read_torch_pickle(path / "pytorch_model.bin")
+    else:
+        raise WeightsError(f"{path}: neither model.safetensors nor pytorch_model.bin in this directory")
+    return config, _canonical(tensors, path)
+
+
+def _read_single_safetensors(path: Path):
+    metadata, tensors = read_safetensors(path)
+    params = _canonical(tensors, path)
+    if "gpt_config" in metadata:
+        try:
+            config = GPTConfig(**json.loads(metadata["gpt_config"]))
+        except (ValueError, TypeError) as e:
+            raise WeightsError(f"{path}: bad gpt_config in the file's metadata: {e}") from None
+    elif (path.parent / "config.json").is_file():
+        config = _config_from_hf(_read_json(path.parent / "config.json"), path.parent / "config.json")
+    else:
+        config = _config_from_shapes(params, path)
+    return config, params
+
+
+_SAFETENSORS_DTYPES = {
+    "F64": np.float64, "F32": np.float32, "F16": np.float16, "BF16": np.uint16,
+    "I64": np.int64, "I32": np.int32, "I16": np.int16, "I8": np.int8, "U8": np.uint8, "BOOL": np.bool_,
+}  # fmt: skip
+
+
+def read_safetensors(path: Path) -> tuple[dict[str, str], dict[str, np.ndarray]]:
+    """Read a .safetensors file memory-mapped: the arrays are read-only views of the file, not copies.
+
+    The format is an 8-byte little-endian header length, a JSON header giving each tensor's dtype,
+    shape and byte range, then the raw data. bfloat16 tensors (which NumPy lacks) become float32 copies.
+    """
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        n = int.from_bytes(f.read(8), "little")
+        if size < 8 or n > size - 8:
+            raise WeightsError(f"{path}: not a safetensors file, or truncated (header length {n}, file size {size})")
+        try:
+            header = json.loads(f.read(n))
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise WeightsError(f"{path}: corrupted safetensors header ({e})") from None
+    if not isinstance(header, dict):
+        raise WeightsError(f"{path}: corrupted safetensors header (not a JSON object)")
+    metadata = header.pop("__metadata__", None) or {}
+    data = np.memmap(path, dtype=np.uint8, mode="r") if size > 8 + n else np.zeros(0, np.uint8)
+    tensors = {}
+    for name, info in header.items():
+        try:
+            dtype, shape, (begin, end) = _SAFETENSORS_DTYPES[info["dtype"]], info["shape"], info["data_offsets"]
+        except (KeyError, TypeError, ValueError):
+            raise WeightsError(f"{path}: corrupted safetensors header entry for '{name}': {info}") from None
+        if 8 + n + end > size:
+            raise WeightsError(f"{path}: truncated: tensor '{name}' ends at byte {8 + n + end}, the file has {size}")
+        count = math.prod(shape)
+        if count * np.dtype(dtype).itemsize != end - begin:
+            raise WeightsError(f"{path}: corrupted: tensor '{name}' of shape {shape} does not fill its byte range")
+        array = np.frombuffer(data, dtype=dtype, count=count, offset=8 + n + begin).reshape(shape)
+        if info["dtype"] == "BF16":  # bfloat16 is the top half of a float32
+            array = (array.astype(np.uint32) << 16).view(np.float32)
+        tensors[name] = array
+    return metadata, tensors
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise WeightsError(f"{path}: unreadable JSON ({e})") from None
+
+
+def _config_from_hf(hf: dict, path: Path) -> GPTConfig:
+    """GPTConfig from a Hugging Face GPT2Config, refusing the variants this architecture does not compute."""
+    try:
+        config = GPTConfig(
+            block_size=hf["n_positions"], vocab_size=hf["vocab_size"], n_layer=hf["n_layer"],
+            n_head=hf["n_head"], n_embd=hf["n_embd"], bias=True,
+        )  # fmt: skip
+    except KeyError as e:
+        raise WeightsError(f"{path}: config.json lacks '{e.args[0]}'") from None
+    except (TypeError, ValueError) as e:
+        raise WeightsError(f"{path}: {e}") from None
+    unsupported = {
+        "model_type": (hf.get("model_type", "gpt2"), ("gpt2",)),
+        "activation_function": (hf.get("activation_function", "gelu_new"), ("gelu_new", "gelu_pytorch_tanh")),
+        "n_inner": (hf.get("n_inner"), (None, 4 * config.n_embd)),
+        "layer_norm_epsilon": (hf.get("layer_norm_epsilon", 1e-5), (1e-5,)),
+        "scale_attn_weights": (hf.get("scale_attn_weights", True), (True,)),
+        "scale_attn_by_inverse_layer_idx": (hf.get("scale_attn_by_inverse_layer_idx", False), (False,)),
+    }
+    for key, (value, allowed) in unsupported.items():
+        if value not in allowed:
+            raise WeightsError(f"{path}: {key}={value!r} is not GPT-2's architecture (supported: {allowed})")
+    return config
+
+
+def _config_from_shapes(params: dict[str, np.ndarray], path: Path) -> GPTConfig:
+    """Infer the config of a bare .safetensors file. Shapes fix everything but n_head, which must match a preset."""
+    if "wte.weight" not in params or "wpe.weight" not in params:
+        raise WeightsError(f"{path}: no wte.weight / wpe.weight, so the config cannot be inferred from the shapes")
+    (vocab_size, n_embd), (block_size, _) = params["wte.weight"].shape, params["wpe.weight"].shape
+    n_layer = len(_block_indices(params))
+    n_heads = {p["n_head"] for p in PRESETS.values() if (p["n_layer"], p["n_embd"]) == (n_layer, n_embd)}
+    if len(n_heads) != 1:
+        raise WeightsError(
+            f"{path}: n_head cannot be inferred from tensor shapes (n_layer={n_layer}, n_embd={n_embd} match no "
+            "GPT-2 preset); put its config.json beside the file"
+        )
+    return GPTConfig(block_size, vocab_size, n_layer, n_heads.pop(), n_embd, bias="ln_f.bias" in params)
+
+
+# --- torch pickles: pytorch_model.bin and nanoGPT's ckpt.pt ---------------------------------------
+
+def _read_torch_checkpoint(path: Path):
+    obj = _read_torch_pickle(path, whole=True)
+    if isinstance(obj, dict) and "model_args" in obj and "model" in obj:  # nanoGPT
+        args = obj["model_args"]
+        try:
+            config = GPTConfig(**{k: args[k] for k in ("block_size", "vocab_size", "n_layer", "n_head", "n_embd")},
+                               bias=bool(args.get("bias", True)))
+        except (KeyError, TypeError, ValueError) as e:
+            raise WeightsError(f"{path}: bad nanoGPT model_args ({e!r})") from None
+        params = _canonical(_to_numpy(obj["model"], path), path)
+        for name in params:  # nn.Linear (out, in) -> canonical (in, out)
+            if name.endswith(MATRICES):
+                params[name] = np.ascontiguousarray(params[name].T)
+        return config, params
+    if isinstance(obj, dict) and all(isinstance(k, str) for k in obj):  # a bare state dict in HF layout
+        params = _canonical(_to_numpy(obj, path), path)
+        if (path.parent / "config.json").is_file():
+            return _config_from_hf(_read_json(path.parent / "config.json"), path.parent / "config.json"), params
+        return _config_from_shapes(params, path), params
+    raise WeightsError(f"{path}: not a GPT-2 checkpoint (expected nanoGPT's model_args + model, or a state dict)")
+
+
+def _read_torch_pickle(path: Path, whole: bool = False):
+    """torch.load with weights_only=True: tensors and plain containers only, never arbitrary code."""
+    import pickle
+    import zipfile
+
+    import torch
+
+    try:
+        try:
+            obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError as e:
+            if "mmap" not in str(e):  # only the legacy (pre-zip) format cannot be memory-mapped
+                raise
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        first = (str(e).strip().splitlines() or ["?"])[0]
+        raise WeightsError(f"{path}: refused or corrupt pickle (only tensors are loaded, weights_only=True): {first}") from None
+    except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile) as e:
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise WeightsError(f"{path}: not a readable checkpoint (corrupted or truncated?): {first}") from None
+    return obj if whole else _to_numpy(obj, path)
+
+
+def _to_numpy(state, path: Path) -> dict[str, np.ndarray]:
+    import torch
+
+    if not isinstance(state, dict):
+        raise WeightsError(f"{path}: expected a dict of tensors, found {type(state).__name__}")
+    out = {}
+    for name, tensor in state.items():
+        if not isinstance(tensor, torch.Tensor):
+            raise WeightsError(f"{path}: entry '{name}' is a {type(tensor).__name__}, not a tensor")
+        if tensor.dtype == torch.bfloat16:  # NumPy has no bfloat16
+            tensor = tensor.float()
+        out[str(name)] = tensor.detach().numpy()
+    return out
+
+
+# --- naming and validation --------------------------------------------------------------------------
+
+def _canonical(tensors: dict[str, np.ndarray], path: Path) -> dict[str, np.ndarray]:
+    """Strip wrapper prefixes and drop the non-parameters; refuse an lm_head that is not tied to wte."""
+    params, head = {}, None
+    for key, value in tensors.items():
+        name = key
+        for prefix in _PREFIXES:
+            name = name.removeprefix(prefix)
+        if name == "lm_head.weight":
+            head = value
+        elif not _DROPPED.search(name):
+            params[name] = value
+    if head is not None and "wte.weight" in params and not np.array_equal(head, params["wte.weight"]):
+        raise WeightsError(f"{path}: lm_head.weight differs from wte.weight; GPT-2 ties them and so does this code")
+    return params
+
+
+def _block_indices(params) -> set[int]:
+    return {int(m.group(1)) for m in map(re.compile(r"^h\.(\d+)\.").match, params) if m}
+
+
+def _check(config: GPTConfig, params: dict[str, np.ndarray], path: Path) -> None:
+    """Every expected tensor present with its expected shape and a float dtype, and nothing else."""
+    blocks = _block_indices(params)
+    if blocks and len(blocks) != config.n_layer:
+        raise WeightsError(f"{path}: the config says n_layer={config.n_layer} but the file has {len(blocks)} blocks")
+    expected = parameter_shapes(config)
+
+    def names(keys):
+        keys = sorted(keys)
+        return ", ".join(keys[:6]) + (f" and {len(keys) - 6} more" if len(keys) > 6 else "")
+
+    if missing := expected.keys() - params.keys():
+        raise WeightsError(f"{path}: missing tensors: {names(missing)}")
+    if unexpected := params.keys() - expected.keys():
+        raise WeightsError(f"{path}: unexpected tensors: {names(unexpected)}")
+    for name, shape in expected.items():
+        if tuple(params[name].shape) != shape:
+            raise WeightsError(
+                f"{path}: tensor '{name}' has shape {tuple(params[name].shape)}, the config implies {shape}"
+            )
+        if not np.issubdtype(params[name].dtype, np.floating):
+            raise WeightsError(f"{path}: tensor '{name}' has dtype {params[name].dtype}, expected floating point")

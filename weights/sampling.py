@@ -1,0 +1,82 @@
+"""Choosing the next token, and the decoding loop: one algorithm for both backends.
+
+Both backends hand their final-position logits to `sample_next` as NumPy arrays, and both drive their
+forward pass through `generate_tokens`. So the random draws come from one NumPy generator in one order,
+and the same seed gives the same text from the PyTorch and the NumPy backend: the tokens can only
+differ where the two backends' float32 logits (which agree to about 1e-6) fall on different sides of a
+decision — see "Backend-identical sampling" in the README for how rare that is.
+"""
+
+from collections.abc import Callable, Iterator
+
+import numpy as np
+
+
+def sample_next(logits, rng: np.random.Generator, temperature=1.0, top_k=None, top_p=None) -> np.ndarray:
+    """Draw one token per row of logits (B, V) -> ids (B,).
+
+    temperature 0 (or top_k 1) is greedy decoding: the argmax, no random draw.
+    top_k keeps the k largest logits (None, 0, or >= V keep all); top_p keeps the smallest set of most
+    probable tokens whose probability reaches top_p (the nucleus; None or 1 keep all).
+    The draw is an inverse-CDF lookup of one uniform number per row, the CDF summed in token-id order
+    in float64, so its outcome depends on the logits' values only, not on how a backend sorted them.
+    """
+    if temperature < 0:
+        raise ValueError(f"temperature must be >= 0, got {temperature}")
+    if top_p is not None and not 0 < top_p <= 1:
+        raise ValueError(f"top_p must be in (0, 1], got {top_p}")
+    logits = np.asarray(logits, dtype=np.float64)  # (B, V); float64 so that the draw adds no rounding of its own
+    B, V = logits.shape
+    if temperature == 0 or top_k == 1:
+        return logits.argmax(axis=-1)  # (B,)
+    u = rng.random(B)  # (B,) drawn up front, so the stream of draws never depends on the logits
+    tokens = np.empty(B, dtype=np.int64)
+    for b in range(B):
+        candidates = np.arange(V)
+        if top_k and top_k < V:
+            candidates = np.sort(np.argpartition(logits[b], V - top_k)[V - top_k:])  # (k,) top-k ids, in id order
+        z = logits[b, candidates] / temperature
+        p = np.exp(z - z.max())  # max-subtracted: exp never overflows
+        p /= p.sum()
+        if top_p is not None and top_p < 1:
+            order = np.argsort(-p, kind="stable")  # most probable first
+            mass_before = np.cumsum(p[order]) - p[order]  # probability of the tokens ranked above each one
+            p[order[mass_before >= top_p]] = 0.0  # outside the nucleus: the set above already reached top_p
+            p /= p.sum()
+        cdf = np.cumsum(p)
+        tokens[b] = candidates[min(np.searchsorted(cdf, u[b] * cdf[-1], side="right"), len(candidates) - 1)]
+    return tokens
+
+
+def generate_tokens(
+    forward: Callable[[np.ndarray, int], np.ndarray],
+    idx: np.ndarray,
+    max_new_tokens: int,
+    block_size: int,
+    rng: np.random.Generator,
+    temperature=1.0,
+    top_k=None,
+    top_p=None,
+    use_cache=True,
+) -> Iterator[np.ndarray]:
+    """Yield max_new_tokens steps of new token ids (B,), continuing the prompt idx (B, T).
+
+    forward(ids, start) runs the tokens ids (B, t) at positions start .. start+t-1 and returns the
+    logits (B, V) of the last one. With use_cache, the backend keeps a KV cache: start is the number of
+    tokens already in it, and start == 0 tells it to begin afresh. So the prompt is processed once and
+    then one token per step. As in nanoGPT, the model only ever sees the last block_size tokens: once the
+    text is longer, the window slides by one each step, every position embedding changes, and the cache
+    is rebuilt from the cropped window (a full forward of block_size tokens per step).
+    """
+    idx = np.asarray(idx, dtype=np.int64)
+    cached = 0  # tokens of idx whose keys and values are in the backend's cache
+    for _ in range(max_new_tokens):
+        if not use_cache or idx.shape[1] > block_size:
+            start, new = 0, idx[:, -block_size:]  # (B, min(T, block_size)) everything, from scratch
+        else:
+            start, new = cached, idx[:, cached:]  # (B, t) only what the cache has not seen
+        logits = forward(new, start)  # (B, V)
+        cached = start + new.shape[1]
+        next_ids = sample_next(logits, rng, temperature, top_k, top_p)  # (B,)
+        idx = np.concatenate([idx, next_ids[:, None]], axis=1)  # (B, T + 1)
+        yield next_ids

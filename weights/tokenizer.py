@@ -1,0 +1,62 @@
+"""GPT-2's byte-pair-encoding tokenizer, built by tiktoken from the rank file shipped beside this module.
+
+gpt2.tiktoken is OpenAI's file (MIT License, see NOTICE-gpt2.tiktoken.md): one `base64(token) rank`
+pair per line for the 50,256 merged tokens; <|endoftext|> (50256) is added as a special token.
+Loading it never touches the network, and the file is checked against its published sha256.
+"""
+
+import base64
+import functools
+import hashlib
+from pathlib import Path
+
+import tiktoken
+
+BPE_FILE = Path(__file__).with_name("gpt2.tiktoken")
+BPE_SHA256 = "306cd27f03c1a714eca7108e03d66b7dc042abe8c258b44c199a7ed9838dd930"  # tiktoken's r50k_base hash
+END_OF_TEXT = "<|endoftext|>"
+END_OF_TEXT_ID = 50256
+VOCAB_SIZE = 50257
+# tiktoken's r50k pattern (the regex that splits text into words before BPE), as GPT-2 used it.
+PATTERN = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}++| ?\p{N}++| ?[^\s\p{L}\p{N}]++|\s++$|\s+(?!\S)|\s"""
+
+
+class TokenizerError(Exception):
+    pass
+
+
+@functools.cache
+def get_encoding(bpe_file: Path = BPE_FILE) -> tiktoken.Encoding:
+    """The GPT-2 encoding. Raises TokenizerError if the rank file is missing or not the published one."""
+    try:
+        contents = Path(bpe_file).read_bytes()
+    except OSError as e:
+        raise TokenizerError(f"{bpe_file}: cannot read the GPT-2 BPE file ({e.strerror})") from None
+    digest = hashlib.sha256(contents).hexdigest()
+    if digest != BPE_SHA256:
+        raise TokenizerError(f"{bpe_file}: sha256 {digest} is not the GPT-2 BPE file's {BPE_SHA256}; it was modified")
+    ranks = {base64.b64decode(token): int(rank) for token, rank in (line.split() for line in contents.splitlines() if line)}
+    return tiktoken.Encoding(
+        name="gpt2", pat_str=PATTERN, mergeable_ranks=ranks,
+        special_tokens={END_OF_TEXT: END_OF_TEXT_ID}, explicit_n_vocab=VOCAB_SIZE,
+    )  # fmt: skip
+
+
+def encode(text: str) -> list[int]:
+    """Token ids of text; special tokens written in it (<|endoftext|>) become their ids."""
+    return get_encoding().encode(text, allowed_special="all")
+
+
+def decode(ids) -> str:
+    return decode_bytes(ids).decode("utf-8", errors="replace")
+
+
+def decode_bytes(ids) -> bytes:
+    """The raw bytes of tokens: one token can end in the middle of a UTF-8 character, so stream these.
+
+    Ids past GPT-2's vocabulary (nanoGPT pads it to 50304) decode to U+FFFD, the replacement character."""
+    ids = [int(i) for i in ids]
+    encoding = get_encoding()
+    if all(i < VOCAB_SIZE for i in ids):
+        return encoding.decode_bytes(ids)
+    return b"".join(encoding.decode_single_token_bytes(i) if i < VOCAB_SIZE else "\ufffd".encode() for i in ids)
