@@ -1,0 +1,295 @@
+"""The PyTorch backend against transformers' GPT2LMHeadModel, and against itself (cache, attention paths, dtypes).
+
+Tolerances. The checkpoints (conftest.py) have activations of order 1 and logits of order 10. In float32
+(unit roundoff 6e-8) the two implementations sum the same products in different orders; over a few
+layers of n_embd-long dot products that leaves ~1e-5 (measured: <= 1e-5 on every shape), so 2e-4 gives
+20x headroom and still catches any real mistake (a wrong GELU, a missing bias or a misaligned mask
+moves logits by 1e-2 or more on these checkpoints). In float64 the same argument gives ~1e-14
+(measured: <= 2e-14); 1e-9 leaves a wide margin and is still five orders below any real mistake.
+"""
+
+import functools
+
+import numpy as np
+import pytest
+import torch
+from threadpoolctl import threadpool_limits
+from torch.nn import functional as F
+
+from gpt2_torch import GPT, LayerNorm, resolve_device
+from weights.sampling import sample_next
+
+TOLERANCE = {"float32": 2e-4, "float64": 1e-9}  # see the module docstring
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """These models are tiny: one thread is as fast as two, and unlike two it does not slow down 10-50x when
+    other processes keep the cores busy (OpenMP and OpenBLAS threads spin-wait for each other)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    with threadpool_limits(1):
+        yield
+    torch.set_num_threads(threads)
+
+
+@functools.cache
+def load(path, dtype="float32") -> GPT:
+    return GPT.from_pretrained(path, dtype=dtype)
+
+
+@functools.cache
+def load_hf(checkpoint, dtype="float32"):
+    return checkpoint.hf_model(dtype)
+
+
+def random_ids(checkpoint, B, T, seed=0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, checkpoint.vocab_size, size=(B, T))  # (B, T)
+
+
+def max_diff(a, b) -> float:
+    return (torch.as_tensor(a).double() - torch.as_tensor(b).double()).abs().max().item()
+
+
+def hf_forward(checkpoint, idx, dtype="float32"):
+    with torch.no_grad():
+        return load_hf(checkpoint, dtype)(torch.as_tensor(idx), output_hidden_states=True)
+
+
+def set_flash(model, flash: bool):
+    for block in model.h:
+        block.attn.flash = flash
+
+
+# --- the forward pass against transformers ----------------------------------------------------------
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_logits_equal_transformers_at_every_position(checkpoint, dtype):
+    idx = random_ids(checkpoint, 2, checkpoint.block_size)  # (2, block_size): every position embedding is used
+    logits = load(checkpoint.path, dtype).trace(idx)["logits"]
+    expected = hf_forward(checkpoint, idx, dtype).logits
+    assert logits.dtype == getattr(torch, dtype)
+    assert logits.shape == expected.shape == (2, checkpoint.block_size, checkpoint.vocab_size)
+    assert max_diff(logits, expected) <= TOLERANCE[dtype]
+
+
+def test_trace_has_every_activation_in_order(checkpoint):
+    B, T, C = 2, 7, checkpoint.n_embd
+    trace = load(checkpoint.path).trace(random_ids(checkpoint, B, T))
+    block_names = [f"h.{i}{part}" for i in range(checkpoint.n_layer) for part in (".ln_1", ".attn", ".ln_2", ".mlp", "")]
+    assert list(trace) == ["embed", *block_names, "ln_f", "logits"]
+    for name, activation in trace.items():
+        expected = (B, T, checkpoint.vocab_size) if name == "logits" else (B, T, C)
+        assert tuple(activation.shape) == expected, name
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_trace_hidden_states_equal_transformers(checkpoint, dtype):
+    """transformers' hidden_states[i] is the input of block i (our embed, then h.{i-1}); its last entry is
+    taken after the final LayerNorm, so it is our ln_f, not h.{n_layer-1}. Same tolerances as the logits."""
+    idx = random_ids(checkpoint, 2, 20, seed=1)
+    trace = load(checkpoint.path, dtype).trace(idx)
+    hidden = hf_forward(checkpoint, idx, dtype).hidden_states
+    ours = ["embed"] + [f"h.{i}" for i in range(checkpoint.n_layer - 1)] + ["ln_f"]
+    assert len(hidden) == len(ours) == checkpoint.n_layer + 1
+    for name, theirs in zip(ours, hidden):
+        assert max_diff(trace[name], theirs) <= TOLERANCE[dtype], name
+
+
+def test_forward_returns_the_last_position_of_the_trace(checkpoint):
+    """model(idx) is nanoGPT's inference forward: logits (B, 1, V) of the last position only. In float64
+    the one-row and the all-rows lm_head matmuls may round differently, by ~1e-15; 1e-12 allows that only."""
+    model, idx = load(checkpoint.path, "float64"), random_ids(checkpoint, 2, 11, seed=2)
+    with torch.no_grad():
+        logits = model(torch.from_numpy(idx))
+    assert logits.shape == (2, 1, checkpoint.vocab_size)
+    assert max_diff(logits, model.trace(idx)["logits"][:, -1:, :]) <= 1e-12
+
+
+# --- LayerNorm and the two attention paths -----------------------------------------------------------
+
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("dtype, tolerance", [(torch.float64, 1e-12), (torch.float32, 1e-5)])
+def test_layer_norm_equals_torch_layer_norm(bias, dtype, tolerance):
+    """The hand-written LayerNorm against F.layer_norm. Inputs are far from zero mean (offset 5, scale 3) so
+    that a variance computed without subtracting the mean would show. The outputs are of order 3 (the gains);
+    the two sum in different orders: ~1e-6 apart in float32 (unit roundoff 6e-8), ~1e-15 in float64."""
+    generator = torch.Generator().manual_seed(0)
+    C = 80
+    ln = LayerNorm(C, bias=bias).to(dtype)
+    with torch.no_grad():
+        ln.weight.copy_(1 + torch.randn(C, generator=generator, dtype=dtype))
+        if bias:
+            ln.bias.copy_(torch.randn(C, generator=generator, dtype=dtype))
+    assert (ln.bias is None) == (not bias)
+    x = 5 + 3 * torch.randn(4, 9, C, generator=generator, dtype=dtype)  # (B, T, C)
+    with torch.no_grad():
+        expected = F.layer_norm(x, (C,), ln.weight, ln.bias, eps=1e-5)
+        assert max_diff(ln(x), expected) <= tolerance
+
+
+def test_sdpa_and_manual_attention_agree_in_prefill(checkpoint):
+    """The fused kernel and the spelled-out masked softmax, in float64: both are the same sums, reordered,
+    so they agree to ~1e-14; 1e-9 is the float64 bound of this file."""
+    model, idx = load(checkpoint.path, "float64"), random_ids(checkpoint, 2, checkpoint.block_size, seed=3)
+    try:
+        set_flash(model, True)
+        fused = model.trace(idx)
+        set_flash(model, False)
+        manual = model.trace(idx)
+    finally:
+        set_flash(model, True)
+    for name in fused:
+        assert max_diff(fused[name], manual[name]) <= 1e-9, name
+
+
+def chunked_logits(model, idx, cuts) -> torch.Tensor:
+    """Logits (B, T, V) of idx run through the KV cache in chunks idx[:, cuts[j]:cuts[j+1]]: every chunk after
+    the first starts at start > 0, and a chunk with T > 1 at start > 0 needs the bottom-right-aligned mask."""
+    model.allocate_kv_cache(idx.shape[0])
+    pieces = []
+    try:
+        with torch.no_grad():
+            for start, end in zip(cuts[:-1], cuts[1:]):
+                activations = {}
+                model(torch.from_numpy(idx[:, start:end]), start, trace=activations)
+                pieces.append(activations["logits"])  # (B, end - start, V)
+    finally:
+        model.kv_cache = None
+    return torch.cat(pieces, dim=1)  # (B, T, V)
+
+
+@pytest.mark.parametrize("flash", [True, False])
+def test_cached_chunks_equal_one_full_forward(checkpoint, flash):
+    """Prefill, single-token steps and multi-token chunks at start > 0, through the cache, on both attention
+    paths, against one uncached forward in float64 (same sums, so ~1e-14 apart; bound 1e-9)."""
+    model, T = load(checkpoint.path, "float64"), checkpoint.block_size
+    idx = random_ids(checkpoint, 2, T, seed=4)
+    cuts = [0, 5, 6, 17, 18, T - 9, T]  # chunks of 5, 1, 11, 1, ..., 9 tokens, the last one filling the block
+    try:
+        set_flash(model, flash)
+        logits = chunked_logits(model, idx, cuts)
+    finally:
+        set_flash(model, True)
+    assert max_diff(logits, model.trace(idx)["logits"]) <= 1e-9
+
+
+# --- half precision ----------------------------------------------------------------------------------
+
+# bfloat16 keeps 8 significant bits (relative rounding 2^-9 = 0.2%), float16 11 bits (0.05%). Through a few
+# layers of matmuls and the residual stream that grows to ~2% (bfloat16) and ~0.3% (float16) of the logits'
+# scale (|logits| <= ~10 here): measured max abs diffs from float32 of 0.16 and 0.03. The bounds allow
+# ~3x that; a real mistake (e.g. a LayerNorm overflowing in half precision) gives NaN or errors of order 1.
+HALF_TOLERANCE = {"bfloat16": 0.5, "float16": 0.1}
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_half_precision_runs_close_to_float32(checkpoint, dtype):
+    idx = random_ids(checkpoint, 2, checkpoint.block_size, seed=5)
+    model = load(checkpoint.path, dtype)
+    trace = model.trace(idx)
+    assert all(activation.dtype == getattr(torch, dtype) for activation in trace.values())
+    assert max_diff(trace["logits"], load(checkpoint.path).trace(idx)["logits"]) <= HALF_TOLERANCE[dtype]
+    tokens = model.generate(idx[:, :4], 3, temperature=0.8, rng=np.random.default_rng(0))
+    assert tokens.shape == (2, 7)
+
+
+# --- generation --------------------------------------------------------------------------------------
+
+def naive_generate(model, idx, max_new_tokens, rng, temperature, top_k=None, top_p=None):
+    """nanoGPT's generate loop without a cache: crop to block_size, full forward, sample the last position."""
+    block_size = model.config.block_size
+    with torch.no_grad():
+        for _ in range(max_new_tokens):
+            idx_cond = idx[:, -block_size:]  # (B, <= block_size)
+            logits = model(torch.from_numpy(idx_cond))[:, -1, :]  # (B, V)
+            next_ids = sample_next(logits.float().numpy(), rng, temperature, top_k, top_p)  # (B,)
+            idx = np.concatenate([idx, next_ids[:, None]], axis=1)  # (B, T + 1)
+    return idx
+
+
+SAMPLING = {
+    "greedy": dict(temperature=0.0),
+    "sampled": dict(temperature=1.0),
+    "top_k_top_p": dict(temperature=0.8, top_k=200, top_p=0.95),
+}
+
+
+@pytest.mark.parametrize("options", SAMPLING.values(), ids=SAMPLING.keys())
+def test_cached_generation_equals_uncached_and_a_naive_loop(checkpoint, options):
+    """Token for token, with B = 2. 10 + 64 tokens pass block_size on "odd" (48) and "tall" (64), so that
+    the crop path runs there: the window slides and the cache is rebuilt every step."""
+    model, prompt = load(checkpoint.path), random_ids(checkpoint, 2, 10, seed=6)
+    n = 64
+    cached = model.generate(prompt, n, rng=np.random.default_rng(7), use_cache=True, **options)
+    uncached = model.generate(prompt, n, rng=np.random.default_rng(7), use_cache=False, **options)
+    naive = naive_generate(model, prompt, n, np.random.default_rng(7), **options)
+    assert cached.shape == (2, 10 + n)
+    np.testing.assert_array_equal(cached[:, :10], prompt)
+    np.testing.assert_array_equal(cached, uncached)
+    np.testing.assert_array_equal(cached, naive)
+    assert model.kv_cache is None  # freed after generation
+
+
+def test_batch_rows_are_generated_independently(checkpoint):
+    """Greedy B = 2 generation equals generating each row alone (no leak between rows of the batch or cache)."""
+    model, prompt = load(checkpoint.path), random_ids(checkpoint, 2, 6, seed=8)
+    n = 50  # through the crop path on "odd" (block_size 48)
+    batch = model.generate(prompt, n, temperature=0)
+    for row in range(2):
+        np.testing.assert_array_equal(batch[row : row + 1], model.generate(prompt[row : row + 1], n, temperature=0))
+
+
+def test_generate_keeps_nanogpt_tensor_signature(small_checkpoint):
+    model = load(small_checkpoint.path)
+    idx = torch.from_numpy(random_ids(small_checkpoint, 1, 3))
+    out = model.generate(idx, 4, temperature=0.8, top_k=200)
+    assert torch.is_tensor(out) and out.shape == (1, 7) and torch.equal(out[:, :3], idx)
+
+
+def test_greedy_equals_transformers_generate(checkpoint):
+    """temperature 0 against transformers' greedy search for 20 tokens. eos_token_id=None, or it would stop at
+    <|endoftext|> (50256, inside the full vocabulary); the length check proves that it did not stop early."""
+    model, prompt = load(checkpoint.path), random_ids(checkpoint, 2, 8, seed=9)
+    ours = model.generate(prompt, 20, temperature=0)
+    prompt_t = torch.from_numpy(prompt)
+    with torch.no_grad():
+        theirs = load_hf(checkpoint).generate(
+            prompt_t, attention_mask=torch.ones_like(prompt_t), max_new_tokens=20, do_sample=False,
+            eos_token_id=None, pad_token_id=None,
+        )  # fmt: skip
+    assert theirs.shape == (2, 28)
+    np.testing.assert_array_equal(ours, theirs.numpy())
+
+
+# --- devices and dtypes ------------------------------------------------------------------------------
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA is present here")
+def test_absent_cuda_is_a_clear_error(small_checkpoint):
+    with pytest.raises(ValueError, match="CUDA is not available"):
+        resolve_device("cuda")
+    with pytest.raises(ValueError, match="CUDA is not available"):
+        resolve_device("cuda:1")
+    with pytest.raises(ValueError, match="CUDA is not available"):
+        GPT.from_pretrained(small_checkpoint.path, device="cuda")
+
+
+@pytest.mark.skipif(torch.backends.mps.is_available(), reason="MPS is present here")
+def test_absent_mps_is_a_clear_error():
+    with pytest.raises(ValueError, match="MPS is not available"):
+        resolve_device("mps")
+
+
+@pytest.mark.parametrize("name", ["banana", "cuda:x", "meta"])
+def test_unknown_device_is_a_clear_error(name):
+    with pytest.raises(ValueError, match=f"'{name}'"):
+        resolve_device(name)
+
+
+def test_cpu_device_resolves():
+    assert resolve_device("cpu") == torch.device("cpu")
+
+
+def test_unknown_dtype_is_a_clear_error(small_checkpoint):
+    with pytest.raises(ValueError, match="unknown dtype 'int8'"):
+        GPT.from_pretrained(small_checkpoint.path, dtype="int8")
