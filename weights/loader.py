@@ -114,11 +114,11 @@ def _read_hf_directory(path: Path):
     if (path / "model.safetensors").is_file():
         _, tensors = read_safetensors(path / "model.safetensors")
     elif index.is_file():
-        shards = sorted(set(_read_json(index).get("weight_map", {}).values()))
-        if not shards:
+        weight_map = _read_json(index).get("weight_map")  # tensor name -> shard file
+        if not isinstance(weight_map, dict) or not weight_map:
             raise WeightsError(f"{index}: no weight_map")
         tensors = {}
-        for shard in shards:
+        for shard in sorted(set(map(str, weight_map.values()))):
             tensors.update(read_safetensors(path / shard)[1])
     elif (path / "pytorch_model.bin").is_file():
         tensors = _read_torch_pickle(path / "pytorch_model.bin")
@@ -154,42 +154,54 @@ def read_safetensors(path: Path) -> tuple[dict[str, str], dict[str, np.ndarray]]
     The format is an 8-byte little-endian header length, a JSON header giving each tensor's dtype,
     shape and byte range, then the raw data. bfloat16 tensors (which NumPy lacks) become float32 copies.
     """
-    size = path.stat().st_size
-    with open(path, "rb") as f:
-        n = int.from_bytes(f.read(8), "little")
-        if size < 8 or n > size - 8:
-            raise WeightsError(f"{path}: not a safetensors file, or truncated (header length {n}, file size {size})")
-        try:
-            header = json.loads(f.read(n))
-        except (UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise WeightsError(f"{path}: corrupted safetensors header ({e})") from None
-    if not isinstance(header, dict):
-        raise WeightsError(f"{path}: corrupted safetensors header (not a JSON object)")
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            n = int.from_bytes(f.read(8), "little")
+            if size < 8 or n > size - 8:
+                raise WeightsError(f"{path}: not a safetensors file, or truncated (header length {n}, file size {size})")
+            header = f.read(n)
+    except OSError as e:
+        raise WeightsError(f"{path}: cannot read the file ({e.strerror})") from None
+    try:
+        header = json.loads(header)
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise WeightsError(f"{path}: corrupted safetensors header ({e})") from None
+    if not isinstance(header, dict) or not isinstance(header.get("__metadata__") or {}, dict):
+        raise WeightsError(f"{path}: corrupted safetensors header (not a JSON object of tensor entries)")
     metadata = header.pop("__metadata__", None) or {}
-    data = np.memmap(path, dtype=np.uint8, mode="r") if size > 8 + n else np.zeros(0, np.uint8)
-    tensors = {}
-    for name, info in header.items():
-        try:
-            dtype, shape, (begin, end) = _SAFETENSORS_DTYPES[info["dtype"]], info["shape"], info["data_offsets"]
-        except (KeyError, TypeError, ValueError):
-            raise WeightsError(f"{path}: corrupted safetensors header entry for '{name}': {info}") from None
-        if 8 + n + end > size:
-            raise WeightsError(f"{path}: truncated: tensor '{name}' ends at byte {8 + n + end}, the file has {size}")
-        count = math.prod(shape)
-        if count * np.dtype(dtype).itemsize != end - begin:
-            raise WeightsError(f"{path}: corrupted: tensor '{name}' of shape {shape} does not fill its byte range")
-        array = np.frombuffer(data, dtype=dtype, count=count, offset=8 + n + begin).reshape(shape)
-        if info["dtype"] == "BF16":  # bfloat16 is the top half of a float32
-            array = (array.astype(np.uint32) << 16).view(np.float32)
-        tensors[name] = array
-    return metadata, tensors
+    data = np.memmap(path, dtype=np.uint8, mode="r")  # the whole file; the tensors are views into it
+    return metadata, {name: _tensor_view(data, name, info, 8 + n, path) for name, info in header.items()}
+
+
+def _tensor_view(data: np.memmap, name: str, info, data_start: int, path: Path) -> np.ndarray:
+    """One tensor of a safetensors file, from its header entry {dtype, shape, data_offsets}, without a copy."""
+    try:
+        dtype, shape, (begin, end) = _SAFETENSORS_DTYPES[info["dtype"]], info["shape"], info["data_offsets"]
+        valid = all(type(v) is int and v >= 0 for v in (*shape, begin, end)) and begin <= end
+    except (KeyError, TypeError, ValueError):
+        valid = False
+    if not valid:
+        raise WeightsError(f"{path}: corrupted safetensors header entry for '{name}': {info}")
+    if data_start + end > data.size:
+        raise WeightsError(f"{path}: truncated: tensor '{name}' ends at byte {data_start + end}, the file has {data.size}")
+    count = math.prod(shape)
+    if count * np.dtype(dtype).itemsize != end - begin:
+        raise WeightsError(f"{path}: corrupted: tensor '{name}' of shape {shape} does not fill its byte range")
+    array = np.frombuffer(data, dtype=dtype, count=count, offset=data_start + begin).reshape(shape)
+    if info["dtype"] == "BF16":  # bfloat16 is the top half of a float32
+        array = (array.astype(np.uint32) << 16).view(np.float32)
+    return array
 
 
 def _read_json(path: Path) -> dict:
     try:
-        return json.loads(path.read_text())
+        obj = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise WeightsError(f"{path}: unreadable JSON ({e})") from None
+    if not isinstance(obj, dict):
+        raise WeightsError(f"{path}: expected a JSON object, found a {type(obj).__name__}")
+    return obj
 
 
 def _config_from_hf(hf: dict, path: Path) -> GPTConfig:
@@ -221,6 +233,8 @@ def _config_from_shapes(params: dict[str, np.ndarray], path: Path) -> GPTConfig:
     """Infer the config of a bare .safetensors file. Shapes fix everything but n_head, which must match a preset."""
     if "wte.weight" not in params or "wpe.weight" not in params:
         raise WeightsError(f"{path}: no wte.weight / wpe.weight, so the config cannot be inferred from the shapes")
+    if params["wte.weight"].ndim != 2 or params["wpe.weight"].ndim != 2:
+        raise WeightsError(f"{path}: wte.weight and wpe.weight must be matrices, so the config cannot be inferred")
     (vocab_size, n_embd), (block_size, _) = params["wte.weight"].shape, params["wpe.weight"].shape
     n_layer = len(_block_indices(params))
     n_heads = {p["n_head"] for p in PRESETS.values() if (p["n_layer"], p["n_embd"]) == (n_layer, n_embd)}
@@ -259,24 +273,36 @@ def _read_torch_checkpoint(path: Path):
 def _read_torch_pickle(path: Path, whole: bool = False):
     """torch.load with weights_only=True: tensors and plain containers only, never arbitrary code."""
     import pickle
-    import zipfile
+    import warnings
 
     import torch
 
     try:
-        try:
-            obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-        except RuntimeError as e:
-            if "mmap" not in str(e):  # only the legacy (pre-zip) format cannot be memory-mapped
-                raise
-            obj = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # e.g. "Detected pickle protocol 4": the error below says what matters
+            warnings.simplefilter("ignore", UserWarning)
+            try:
+                obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+            except RuntimeError as e:
+                if "mmap" not in str(e):  # only the legacy (pre-zip) format cannot be memory-mapped
+                    raise
+                obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        first = (str(e).strip().splitlines() or ["?"])[0]
-        raise WeightsError(f"{path}: refused or corrupt pickle (only tensors are loaded, weights_only=True): {first}") from None
-    except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile) as e:
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise WeightsError(
+            f"{path}: refused: a pickle that is corrupt or holds more than tensors ({_unpickling_reason(e)}); "
+            "it is read with weights_only=True, which never runs the pickle's code"
+        ) from None
+    except Exception as e:  # garbage makes torch's readers fail in many ways: EOFError, IndexError, zip errors, ...
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0].split(". ")[0]  # torch appends advice
         raise WeightsError(f"{path}: not a readable checkpoint (corrupted or truncated?): {first}") from None
     return obj if whole else _to_numpy(obj, path)
+
+
+def _unpickling_reason(error: Exception) -> str:
+    """The informative sentence of torch's page-long weights_only error, e.g. 'Unsupported global: GLOBAL io.open'."""
+    text = str(error)
+    match = re.search(r"WeightsUnpickler error:\s*([^\n]+)", text)
+    reason = match.group(1) if match else (text.strip().splitlines() or [type(error).__name__])[0]
+    return reason.split(". ")[0].strip()
 
 
 def _to_numpy(state, path: Path) -> dict[str, np.ndarray]:
