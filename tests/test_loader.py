@@ -9,7 +9,6 @@ arithmetic touches a value, so any difference at all is a bug.
 
 import copy
 import json
-import os
 import pickle
 import shutil
 import subprocess
@@ -188,7 +187,8 @@ FORMATS = {
     "hf-dir-hub-layout-safetensors": _hub_layout_safetensors,
     "safetensors-beside-config-json": lambda hf_dir, model, tmp: hf_dir / "model.safetensors",
     "nanogpt-compiled": lambda hf_dir, model, tmp: write_nanogpt_checkpoint(tmp / "ckpt.pt", model.state_dict()),
-    "nanogpt-uncompiled": lambda hf_dir, model, tmp: write_nanogpt_checkpoint(tmp / "ckpt.pt", model.state_dict(), prefix=""),
+    "nanogpt-uncompiled":
+        lambda hf_dir, model, tmp: write_nanogpt_checkpoint(tmp / "ckpt.pt", model.state_dict(), prefix=""),
 }  # fmt: skip
 
 
@@ -275,7 +275,8 @@ def test_the_marker_pickle_does_run_code_when_unpickled_naively(tmp_path):
 @pytest.mark.parametrize("how", ["torch.save ckpt.pt", "pickle.dump ckpt.pt", "pytorch_model.bin"])
 def test_a_pickle_that_would_run_code_is_refused_unexecuted(how, hf_dir, tmp_path):
     marker = tmp_path / "marker"
-    payload = {"model_args": dict(n_layer=1, n_head=1, n_embd=4, block_size=4, vocab_size=4), "model": CreatesAFile(marker)}
+    model_args = dict(n_layer=1, n_head=1, n_embd=4, block_size=4, vocab_size=4)
+    payload = {"model_args": model_args, "model": CreatesAFile(marker)}
     file = tmp_path / "ckpt.pt"
     if how == "torch.save ckpt.pt":  # torch's zip format
         torch.save(payload, file)
@@ -307,10 +308,13 @@ def edit_config(directory: Path, **changes):
     (directory / "config.json").write_text(json.dumps({**config, **changes}))
 
 
-def edit_tensors(directory: Path, edit):
-    """Rewrite model.safetensors (read and written by the safetensors library) after edit(tensors) changes it."""
+def edit_tensor(directory: Path, name: str, change):
+    """Rewrite model.safetensors (with the safetensors library) with tensor `name` set to change(its value):
+    change(None) when it is absent; a change returning None deletes it."""
     tensors = load_file(str(directory / "model.safetensors"))
-    edit(tensors)
+    value = change(tensors.pop(name, None))
+    if value is not None:
+        tensors[name] = value
     save_file(tensors, str(directory / "model.safetensors"))
 
 
@@ -384,24 +388,25 @@ def test_safetensors_header_entry_that_makes_no_sense(problem, tmp_path):
 
 
 def test_missing_tensor_is_named(model_dir):
-    edit_tensors(model_dir, lambda t: t.pop("transformer.h.1.mlp.c_fc.bias"))
+    edit_tensor(model_dir, "transformer.h.1.mlp.c_fc.bias", lambda bias: None)
     assert_load_error(model_dir, model_dir, "missing tensors: h.1.mlp.c_fc.bias")
 
 
 def test_unexpected_tensor_is_named(model_dir):
-    edit_tensors(model_dir, lambda t: t.update({"transformer.h.0.mlp.c_gate.weight": np.zeros((N_EMBD, 4), np.float32)}))
+    edit_tensor(model_dir, "transformer.h.0.mlp.c_gate.weight", lambda absent: np.zeros((N_EMBD, 4), np.float32))
     assert_load_error(model_dir, model_dir, "unexpected tensors: h.0.mlp.c_gate.weight")
 
 
 def test_tensor_of_the_wrong_shape(model_dir):
-    edit_tensors(model_dir, lambda t: t.update({"transformer.h.0.mlp.c_fc.bias": t["transformer.h.0.mlp.c_fc.bias"][:-1]}))
+    edit_tensor(model_dir, "transformer.h.0.mlp.c_fc.bias", lambda bias: bias[:-1])
     assert_load_error(model_dir, model_dir, "'h.0.mlp.c_fc.bias'", f"({4 * N_EMBD - 1},)", f"({4 * N_EMBD},)")
 
 
 def test_linear_orientation_in_a_conv1d_file_is_caught(model_dir):
     """An HF file holding nn.Linear's (out, in) c_attn: the shapes contradict the config, nothing is loaded."""
-    edit_tensors(model_dir, lambda t: t.update({"transformer.h.0.attn.c_attn.weight": t["transformer.h.0.attn.c_attn.weight"].T.copy()}))
-    assert_load_error(model_dir, model_dir, "'h.0.attn.c_attn.weight'", f"({3 * N_EMBD}, {N_EMBD})", f"({N_EMBD}, {3 * N_EMBD})")
+    edit_tensor(model_dir, "transformer.h.0.attn.c_attn.weight", lambda weight: weight.T.copy())
+    C = N_EMBD
+    assert_load_error(model_dir, model_dir, "'h.0.attn.c_attn.weight'", f"({3 * C}, {C})", f"({C}, {3 * C})")
 
 
 @pytest.mark.parametrize("n_layer", [N_LAYER + 2, N_LAYER - 1])
@@ -411,7 +416,8 @@ def test_config_and_file_disagree_on_the_number_of_layers(n_layer, model_dir):
 
 
 def test_lm_head_not_tied_to_wte(model_dir):
-    edit_tensors(model_dir, lambda t: t.update({"lm_head.weight": t["transformer.wte.weight"] + 1}))
+    wte = load_file(str(model_dir / "model.safetensors"))["transformer.wte.weight"]
+    edit_tensor(model_dir, "lm_head.weight", lambda absent: wte + 1)
     assert_load_error(model_dir, model_dir, "lm_head.weight differs from wte.weight")
 
 
@@ -458,4 +464,5 @@ def test_sample_cli_reports_a_broken_checkpoint_in_one_line(model_dir):
         cwd=REPO_ROOT, capture_output=True, text=True, timeout=60,
     )  # fmt: skip
     assert result.returncode == 1
-    assert len(result.stderr.splitlines()) == 1 and str(file) in result.stderr and "truncated" in result.stderr, result.stderr
+    assert len(result.stderr.splitlines()) == 1, result.stderr
+    assert str(file) in result.stderr and "truncated" in result.stderr, result.stderr

@@ -54,9 +54,9 @@ def decode(ids) -> str:
 def decode_bytes(ids) -> bytes:
     """The raw bytes of tokens: one token can end in the middle of a UTF-8 character, so stream these.
 
-    Ids past GPT-2's vocabulary (nanoGPT pads it to 50304) decode to U+FFFD, the replacement character."""
+    Ids outside GPT-2's vocabulary (nanoGPT pads it to 50304) decode to U+FFFD, the replacement character."""
     ids = [int(i) for i in ids]
     encoding = get_encoding()
-    if all(i < VOCAB_SIZE for i in ids):
+    if all(0 <= i < VOCAB_SIZE for i in ids):
         return encoding.decode_bytes(ids)
-    return b"".join(encoding.decode_single_token_bytes(i) if i < VOCAB_SIZE else "\ufffd".encode() for i in ids)
+    return b"".join(encoding.decode_single_token_bytes(i) if 0 <= i < VOCAB_SIZE else "\ufffd".encode() for i in ids)
