@@ -6,6 +6,7 @@ entries are Gaussian, each test can derive its tolerance from the dtype's eps an
 Shapes stay small (T <= 16, C <= 64): the properties do not depend on size, and examples must be cheap.
 """
 
+import contextlib
 import math
 
 import numpy as np
@@ -89,3 +90,43 @@ def assert_within(error, tolerance, what="error"):
             f"{what}: {beyond.sum()} of {error.size} elements beyond the tolerance; "
             f"worst at {tuple(map(int, worst))}: |error| {error[worst]:.3g} > tolerance {tolerance[worst]:.3g}"
         )
+
+
+@st.composite
+def chunkings(draw, length):
+    """Sizes of consecutive chunks that add up to length: how a prompt is fed through a KV cache."""
+    cuts = draw(st.sets(st.integers(1, length - 1), max_size=length - 1)) if length > 1 else set()
+    bounds = [0, *sorted(cuts), length]
+    return [b - a for a, b in zip(bounds, bounds[1:])]
+
+
+def tiny_models(config: GPTConfig, params: dict[str, np.ndarray], dtype="float64"):
+    """(torch GPT, NumPy GPT) with these parameters, each built by its own from_pretrained from one
+    .safetensors file written by weights.save: the path every real model takes."""
+    import tempfile
+    from pathlib import Path
+
+    import weights
+    from gpt2_numpy.model import GPT as NumpyGPT
+    from gpt2_torch.model import GPT as TorchGPT
+
+    with tempfile.TemporaryDirectory() as directory:
+        path = Path(directory) / "model.safetensors"
+        weights.save(path, config, {name: value.astype(dtype) for name, value in params.items()})
+        # NumPy memory-maps the file; the mapping outlives the directory's removal (POSIX unlink semantics).
+        return TorchGPT.from_pretrained(path, dtype=dtype), NumpyGPT.from_pretrained(path, dtype=dtype)
+
+
+@contextlib.contextmanager
+def one_torch_thread():
+    """Run torch on one thread. The examples are tiny, so a second thread brings nothing but a barrier per
+    operation, and on a loaded 2-core machine that barrier waits out a scheduler slice: ~16 ms per nn.Linear
+    instead of ~7 us, measured."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)

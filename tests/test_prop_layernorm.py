@@ -21,6 +21,7 @@ tol = tol_hat * |w| + eps * |y|.
 import math
 
 import numpy as np
+import pytest
 import torch
 from hypothesis import given
 from hypothesis import strategies as st
@@ -28,10 +29,18 @@ from torch.nn import functional as F
 
 from gpt2_numpy.model import layer_norm
 from gpt2_torch.model import LayerNorm
-from tests.strategies import assert_within, batch_sizes, dtypes, eps, gaussian_arrays, log2_ceil, scales, seeds, seq_lens, widths
+from tests.strategies import (
+    assert_within, batch_sizes, dtypes, eps, gaussian_arrays, log2_ceil, one_torch_thread, scales, seeds, seq_lens, widths,
+)  # fmt: skip
 
 EPS_LN = 1e-5  # GPT-2's LayerNorm epsilon, the default of both backends
 K = 4
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_torch_thread():
+    with one_torch_thread():
+        yield
 
 
 def exact_normalised(x, eps_ln=EPS_LN):
