@@ -1,0 +1,59 @@
+"""The pieces of one transformer block, for each backend: LayerNorm, attention, MLP, the whole block.
+
+Each at T = 1 (one decoding step, attending to a KV cache of 128 positions) and T = 128 (a prompt).
+Layer 0 of the random GPT-2 124M; its weights are as large as every other layer's.
+"""
+
+import pytest
+
+from gpt2_numpy import causal_mask
+
+CONTEXT = 128  # keys already in the cache when one new token is decoded
+
+
+def mode(T):
+    """(start, mask T x S or None): a prompt starts the cache at 0; a single token continues it at CONTEXT."""
+    return (0, T) if T > 1 else (CONTEXT, None)
+
+
+@pytest.mark.parametrize("T", [1, 128])
+def test_layer_norm(benchmark, backend, hidden, T):
+    name, dtype, model, to_input = backend
+    benchmark.group = f"LayerNorm, T={T}"
+    x = to_input(hidden(T))
+    benchmark(model.h[0].ln_1, x)
+
+
+@pytest.mark.parametrize("T", [1, 128])
+def test_attention(benchmark, backend, hidden, T):
+    name, dtype, model, to_input = backend
+    benchmark.group = f"attention, T={T}" + (f", {CONTEXT} cached keys" if T == 1 else "")
+    model.allocate_kv_cache(1)
+    x, (start, mask_size) = to_input(hidden(T)), mode(T)
+    attn, cache = model.h[0].attn, model.kv_cache[0]
+    if name == "numpy":  # the NumPy forward builds the mask once per pass and hands it to every layer
+        mask = causal_mask(mask_size, mask_size, model.dtype) if mask_size else None
+        benchmark(attn, x, cache, start, mask)
+    else:
+        benchmark(attn, x, cache, start)
+
+
+@pytest.mark.parametrize("T", [1, 128])
+def test_mlp(benchmark, backend, hidden, T):
+    name, dtype, model, to_input = backend
+    benchmark.group = f"MLP, T={T}"
+    benchmark(model.h[0].mlp, to_input(hidden(T)))
+
+
+@pytest.mark.parametrize("T", [1, 128])
+def test_block(benchmark, backend, hidden, T):
+    name, dtype, model, to_input = backend
+    benchmark.group = f"block, T={T}" + (f", {CONTEXT} cached keys" if T == 1 else "")
+    model.allocate_kv_cache(1)
+    x, (start, mask_size) = to_input(hidden(T)), mode(T)
+    block, cache = model.h[0], model.kv_cache[0]
+    if name == "numpy":
+        mask = causal_mask(mask_size, mask_size, model.dtype) if mask_size else None
+        benchmark(block, x, cache, start, mask)
+    else:
+        benchmark(block, x, cache, start)
