@@ -1,0 +1,309 @@
+"""compare.py: the agreement report on random checkpoints, fault localisation, --greedy, --json, --plot, bad input.
+
+Tolerances: the report's own defaults (compare.TOLERANCES, chosen from measurements in its docstring) are
+what these tests check against; the perturbations are 7x (erf GELU) to 50x (a weight scaled by 1 + 1e-3)
+above the float32 tolerance on these checkpoints, so a failure to flag them is a real miss.
+"""
+
+import io
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import compare
+from compare import Subject
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def trace_names(n_layer):
+    """The activations every report must list, in order (written out here, not taken from compare.py)."""
+    names = ["embed"]
+    for i in range(n_layer):
+        names += [f"h.{i}.ln_1", f"h.{i}.attn", f"h.{i}.ln_2", f"h.{i}.mlp", f"h.{i}"]
+    return names + ["ln_f", "logits"]
+
+
+def table_order(stdout, names):
+    """Line index of each activation's row (the first token of the line is the name)."""
+    rows = {line.split()[0]: i for i, line in enumerate(stdout.splitlines()) if line.split()}
+    return [rows.get(name) for name in names]
+
+
+# --- the report on unperturbed models ---------------------------------------------------------------
+
+@pytest.mark.parametrize("reference, dtype", [("numpy-float64", "float32"), ("torch", "float32"),
+                                              ("transformers", "float32"), ("transformers", "float64")])
+def test_every_layer_agrees(small_checkpoint, tmp_path, capsys, reference, dtype):
+    out = tmp_path / "report.json"
+    code = compare.main(["--init-from", str(small_checkpoint.path), "--reference", reference, "--dtype", dtype,
+                         "--json", str(out)])
+    stdout = capsys.readouterr().out
+    assert code == 0, stdout
+    names = trace_names(small_checkpoint.n_layer)
+    rows = table_order(stdout, names)
+    assert None not in rows and rows == sorted(rows), stdout  # every activation, in trace order
+    assert stdout.strip().splitlines()[-1].startswith("PASS")
+    report = json.loads(out.read_text())
+    assert report["ok"] is True and report["dtype"] == dtype and report["reference"] == f"{reference.split('-')[0]}-float64"
+    assert set(report["backends"]) == {"torch", "numpy"}
+    for backend in ("torch", "numpy"):
+        layers = [layer for layer in report["layers"] if layer["backend"] == backend]
+        assert [layer["name"] for layer in layers] == names
+        assert all(layer["ok"] for layer in layers)
+        assert report["backends"][backend]["first_failure"] is None
+    T = len(report["prompt"])
+    logits = report["layers"][-1]
+    assert logits["name"] == "logits" and logits["shape"] == [1, T, small_checkpoint.vocab_size]
+    assert set(logits) >= {"name", "shape", "max_abs_diff", "max_rel_diff", "cosine", "ok"}
+    # float64 against transformers: the two implementations agree to rounding (measured ~2e-15 relative);
+    # 1e-12 is the float64 default, so a mis-mapped hidden state (off by a whole layer) could not pass.
+    if dtype == "float64":
+        assert max(layer["max_rel_diff"] for layer in report["layers"]) < 1e-12
+
+
+def test_cli_exit_code_and_table(odd_checkpoint, tmp_path):
+    """The real command line: exit 0, every row printed, the JSON written."""
+    out = tmp_path / "r.json"
+    run = subprocess.run([sys.executable, "compare.py", "--init_from", str(odd_checkpoint.path), "--json", str(out)],
+                         cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert None not in table_order(run.stdout, trace_names(odd_checkpoint.n_layer))
+    assert json.loads(out.read_text())["ok"] is True
+
+
+def test_non_directory_source_with_transformers(small_checkpoint, tmp_path, capsys):
+    """A bare .safetensors file: the transformers reference is built from weights.load's tensors."""
+    import weights
+
+    config, params = weights.load(small_checkpoint.path)
+    weights.save(tmp_path / "model.safetensors", config, params)
+    code = compare.main(["--init-from", str(tmp_path / "model.safetensors"), "--reference", "transformers"])
+    assert code == 0, capsys.readouterr().out
+
+
+# --- fault localisation -----------------------------------------------------------------------------
+
+def erf_gelu(x):
+    """The exact GELU, x * Phi(x): not GPT-2's tanh approximation (they differ by up to ~1e-3)."""
+    return 0.5 * x * (1 + np.vectorize(math.erf, otypes=[np.float64])(x / math.sqrt(2))).astype(x.dtype)
+
+
+def nudge_numpy(model):
+    fc = model.h[1].mlp.c_fc
+    fc.weight = fc.weight * np.float32(1 + 1e-3)  # a new array: the loaded one may be a read-only memory map
+
+
+def erf_numpy(model):
+    mlp = model.h[1].mlp
+    model.h[1].mlp = lambda x: mlp.c_proj(erf_gelu(mlp.c_fc(x)))
+
+
+def erf_torch(model):
+    import torch
+
+    mlp = model.h[1].mlp
+    mlp.forward = lambda x: mlp.c_proj(torch.nn.functional.gelu(mlp.c_fc(x), approximate="none"))
+
+
+@pytest.fixture(scope="module")
+def odd_models(odd_checkpoint):
+    return odd_checkpoint, compare.load_subjects(str(odd_checkpoint.path), "float32", "cpu", "numpy-float64")
+
+
+@pytest.mark.parametrize("perturb, backend", [(nudge_numpy, "numpy"), (erf_numpy, "numpy"), (erf_torch, "torch")])
+def test_fault_is_located_at_its_block(odd_checkpoint, perturb, backend):
+    """Block 1's MLP perturbed (of 3 blocks): that backend first fails exactly at h.1.mlp, the other passes."""
+    subjects, reference = compare.load_subjects(str(odd_checkpoint.path), "float32", "cpu", "numpy-float64")
+    perturb(next(s.model for s in subjects if s.label == backend))
+    idx = np.array([compare.tokenizer.encode(compare.DEFAULT_PROMPT)])
+    report = compare.compare(subjects, reference, idx)
+    assert not report.ok
+    columns = {c.subject.label: c for c in report.columns}
+    broken, intact = columns[backend], columns[({"torch", "numpy"} - {backend}).pop()]
+    assert broken.first_failure == "h.1.mlp"
+    names = [d.name for d in broken.layers]
+    assert all(d.ok for d in broken.layers[: names.index("h.1.mlp")])  # nothing earlier is blamed
+    assert not broken.layers[-1].ok  # and the error reaches the logits
+    assert intact.ok
+
+    out = io.StringIO()
+    compare.print_report(report, out, use_rich=False)
+    text = out.getvalue()
+    marked = [line for line in text.splitlines() if "first failure" in line]
+    assert len(marked) == 1 and marked[0].split()[0] == "h.1.mlp" and backend in marked[0]
+    assert text.splitlines()[-1] == f"FAIL: {broken.subject.title} first fails at h.1.mlp " \
+        f"(max abs diff {broken.layers[names.index('h.1.mlp')].max_abs_diff:.3g} > {broken.layers[names.index('h.1.mlp')].tolerance:.3g})"
+    payload = compare.to_json(report)
+    assert payload["ok"] is False and payload["backends"][backend]["first_failure"] == "h.1.mlp"
+    failing = [(row["backend"], row["name"]) for row in payload["layers"] if not row["ok"]]
+    assert failing[0] == (backend, "h.1.mlp") and {b for b, _ in failing} == {backend}
+
+
+def test_perturbed_cli_exits_1(odd_checkpoint, monkeypatch, capsys):
+    load = compare.load_subjects
+
+    def load_perturbed(*args):
+        subjects, reference = load(*args)
+        nudge_numpy(subjects[1].model)
+        return subjects, reference
+
+    monkeypatch.setattr(compare, "load_subjects", load_perturbed)
+    assert compare.main(["--init-from", str(odd_checkpoint.path)]) == 1
+    assert "numpy float32 first fails at h.1.mlp" in capsys.readouterr().out
+
+
+# --- greedy decoding --------------------------------------------------------------------------------
+
+def test_greedy_agreement_past_block_size(odd_checkpoint, tmp_path, capsys):
+    """30 tokens after a 23-token prompt cross odd's block_size of 48: the window slides, and all still agree."""
+    out = tmp_path / "r.json"
+    code = compare.main(["--init-from", str(odd_checkpoint.path), "--reference", "transformers", "--greedy", "30",
+                         "--json", str(out)])
+    stdout = capsys.readouterr().out
+    assert code == 0, stdout
+    assert "torch float32: all 30 tokens agree" in stdout and "numpy float32: all 30 tokens agree" in stdout
+    greedy = json.loads(out.read_text())["greedy"]
+    assert greedy["ok"] is True and greedy["n"] == 30 and len(greedy["reference"]) == 30
+    for backend in ("torch", "numpy"):
+        assert greedy["backends"][backend]["tokens"] == greedy["reference"]
+        assert greedy["backends"][backend]["first_mismatch"] is None
+
+
+class SwapsOneToken:
+    """A model that decodes like `model` except that new token `at` becomes `token`."""
+
+    def __init__(self, model, at, token):
+        self.model, self.at, self.token = model, at, token
+
+    def generate(self, idx, n, temperature=0):
+        out = self.model.generate(idx, n, temperature=temperature)
+        out[0, idx.shape[1] + self.at] = self.token
+        return out
+
+
+def test_greedy_divergence_is_located_and_judged(odd_models):
+    checkpoint, (subjects, reference) = odd_models
+    idx = np.array([compare.tokenizer.encode("The greedy decode")])
+    reference_tokens = compare.greedy_tokens(reference.model, idx, 4)
+    context = np.array([idx[0].tolist() + reference_tokens[:2]])
+    logits = np.asarray(reference.model.trace(context)["logits"], dtype=np.float64)[0, -1]
+    worst = int(logits.argmin())  # the reference's least likely token: a margin no rounding explains
+    swapped = SwapsOneToken(subjects[1].model, 2, worst)
+
+    greedy = compare.greedy_agreement(swapped, reference.model, idx, reference_tokens, *compare.TOLERANCES["float32"])
+    assert (greedy.first_mismatch, greedy.backend_token, greedy.reference_token) == (2, worst, reference_tokens[2])
+    assert greedy.margin == pytest.approx(logits.max() - logits.min(), rel=1e-12)  # both in float64 from one trace
+    assert not greedy.near_tie and not greedy.ok
+    # With a tolerance wider than the margin, the same divergence is a near-tie: reported, not failed.
+    lenient = compare.greedy_agreement(swapped, reference.model, idx, reference_tokens, atol=greedy.margin, rtol=0)
+    assert lenient.first_mismatch == 2 and lenient.near_tie and lenient.ok
+
+    report = compare.compare([Subject("numpy", "float32", subjects[1].model)], reference, idx, greedy=4)
+    assert report.ok  # unperturbed, as a control
+    report.columns[0].greedy = greedy
+    assert not report.ok and "greedy decode parts from the reference's at token 2" in compare.verdict(report)
+
+
+# --- metrics ----------------------------------------------------------------------------------------
+
+def test_layer_diff_metrics():
+    ref = np.array([[1.0, -4.0], [2.0, 0.0]])
+    d = compare.layer_diff("x", ref + np.array([[0.0, 0.1], [0.0, -0.3]]), ref, atol=0.1, rtol=0.05)
+    assert d.max_abs_diff == pytest.approx(0.3) and d.max_rel_diff == pytest.approx(0.3 / 4)
+    assert d.tolerance == pytest.approx(0.1 + 0.05 * 4) and d.ok  # 0.3 <= 0.3
+    a, b = np.array([3.0, 4.0]), np.array([4.0, 3.0])
+    assert compare.layer_diff("c", a, b, 0, 0).cosine == pytest.approx(24 / 25)  # (12 + 12) / (5 * 5)
+    assert not compare.layer_diff("tight", ref + 1e-9, ref, atol=0, rtol=1e-10).ok
+    assert not compare.layer_diff("nan", np.where(ref == 0, np.nan, ref), ref, 1, 1).ok
+    assert not compare.layer_diff("inf", np.where(ref == 0, np.inf, ref), ref, 1, 1).ok
+    assert not compare.layer_diff("shape", ref[:1], ref, 1, 1).ok
+    zeros = compare.layer_diff("zeros", np.zeros(3), np.zeros(3), 0, 0)
+    assert zeros.ok and (zeros.max_rel_diff, zeros.cosine) == (0.0, 1.0)
+
+
+# --- rendering: rich and the plot -------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def failing_report(odd_models):
+    checkpoint, (subjects, reference) = odd_models
+    subjects = [Subject(s.label, s.dtype, s.model) for s in subjects]
+    perturbed = compare.gpt2_numpy.GPT.from_pretrained(str(checkpoint.path), dtype="float32")
+    nudge_numpy(perturbed)
+    subjects[1] = Subject("numpy", "float32", perturbed)
+    report = compare.compare(subjects, reference, np.array([compare.tokenizer.encode(compare.DEFAULT_PROMPT)]))
+    report.meta = {"source": str(checkpoint.path), "dtype": "float32", "device": "cpu", "config": "odd"}
+    return report
+
+
+def test_rich_table_lists_every_layer(failing_report, odd_checkpoint):
+    pytest.importorskip("rich")
+    out = io.StringIO()
+    compare.print_report(failing_report, out, use_rich=True)
+    text = out.getvalue()
+    assert all(f" {name} " in text for name in trace_names(odd_checkpoint.n_layer))
+    assert "first failure (numpy)" in text and "FAIL: numpy float32 first fails at h.1.mlp" in text
+
+
+def test_plot_writes_a_png(failing_report, small_checkpoint, tmp_path, capsys):
+    pytest.importorskip("matplotlib")
+    compare.write_plot(failing_report, tmp_path / "fail.png")
+    assert compare.main(["--init-from", str(small_checkpoint.path), "--plot", str(tmp_path / "pass.png")]) == 0
+    for name in ("fail.png", "pass.png"):
+        data = (tmp_path / name).read_bytes()
+        assert data.startswith(b"\x89PNG\r\n\x1a\n") and len(data) > 10_000
+
+
+# --- bad input: one line on stderr, exit 2 ----------------------------------------------------------
+
+@pytest.mark.parametrize("args, message", [
+    (["--init-from", "no/such/checkpoint"], "no such file or directory"),
+    (["--init-from", "{small}", "--reference", "tensorflow"], "invalid choice: 'tensorflow'"),
+    (["--init-from", "{small}", "--atol", "-1"], "out of range"),
+    (["--init-from", "{small}", "--rtol", "tight"], "'tight' is not a number"),
+    (["--init-from", "{small}", "--greedy", "2.5"], "'2.5' is not an integer"),
+    (["--start", "hi"], "--init-from"),
+])  # fmt: skip
+def test_bad_input_exits_2_with_one_line(small_checkpoint, args, message):
+    args = [a.replace("{small}", str(small_checkpoint.path)) for a in args]
+    run = subprocess.run([sys.executable, "compare.py", *args], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert run.returncode == 2
+    assert len(run.stderr.strip().splitlines()) == 1 and run.stderr.startswith("compare.py: error:")
+    assert message in run.stderr and "Traceback" not in run.stderr and run.stdout == ""
+
+
+def exits_2_with(argv, message, capsys):
+    """In-process, to spare a torch import per case: still one line on stderr and exit status 2."""
+    with pytest.raises(SystemExit) as exit:
+        compare.main(argv)
+    err = capsys.readouterr().err
+    assert exit.value.code == 2 and len(err.strip().splitlines()) == 1 and message in err, err
+
+
+def test_missing_prompt_file(small_checkpoint, tmp_path, capsys):
+    argv = ["--init-from", str(small_checkpoint.path), "--start", f"FILE:{tmp_path / 'missing.txt'}"]
+    exits_2_with(argv, "cannot read the prompt file", capsys)
+
+
+def test_prompt_outside_the_vocabulary(small_checkpoint, tmp_path, capsys):
+    import weights
+
+    config, params = weights.load(small_checkpoint.path)
+    config.vocab_size = 1000
+    weights.save(tmp_path / "v1000.safetensors", config, {**params, "wte.weight": params["wte.weight"][:1000]})
+    exits_2_with(["--init-from", str(tmp_path / "v1000.safetensors")], "vocabulary has 1000 tokens", capsys)
+
+
+def test_transformers_reference_needs_biases(small_checkpoint, tmp_path, capsys):
+    import weights
+
+    config, params = weights.load(small_checkpoint.path)
+    config.bias = False
+    weights.save(tmp_path / "nobias.safetensors", config, {k: v for k, v in params.items() if not k.endswith(".bias")})
+    argv = ["--init-from", str(tmp_path / "nobias.safetensors"), "--reference", "transformers"]
+    exits_2_with(argv, "bias=False", capsys)
