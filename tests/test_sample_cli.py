@@ -18,6 +18,7 @@ import torch
 from threadpoolctl import threadpool_limits
 
 import sample
+import weights
 from weights import tokenizer
 
 REPO = Path(__file__).resolve().parent.parent
@@ -98,14 +99,21 @@ def test_end_to_end_format_and_backends(small_checkpoint):
 
 
 @pytest.fixture(scope="module")
-def garbage_files(tmp_path_factory):
-    directory = tmp_path_factory.mktemp("garbage")
+def bad_files(tmp_path_factory):
+    """Inputs that sample.py must refuse: broken checkpoints, a prompt file that is not text, and a valid
+    checkpoint whose 100-token vocabulary cannot hold GPT-2's token ids."""
+    directory = tmp_path_factory.mktemp("bad")
     (directory / "model.safetensors").write_bytes(b"\x17" * 64 + b"not a safetensors file")
     (directory / "ckpt.pt").write_bytes(os.urandom(256))
+    (directory / "latin1.txt").write_bytes("caf\xe9".encode("latin-1"))
+    config = weights.GPTConfig(block_size=16, vocab_size=100, n_layer=1, n_head=2, n_embd=8)
+    rng = np.random.default_rng(0)
+    params = {name: rng.standard_normal(shape, dtype=np.float32) for name, shape in weights.parameter_shapes(config).items()}
+    weights.save(directory / "tiny_vocab.safetensors", config, params)
     return directory
 
 
-def bad_inputs(small, garbage) -> dict:
+def bad_inputs(small, bad) -> dict:
     """name -> the arguments of one bad invocation, and a fragment its one-line error must contain."""
     ckpt = ["--init-from", small.path, "--max_new_tokens", 2]
     cases = {
@@ -117,8 +125,11 @@ def bad_inputs(small, garbage) -> dict:
         "top_p above 1": ([*ckpt, "--top_p", 1.5], "--top_p"),
         "non-numeric seed": ([*ckpt, "--seed", "x"], "--seed"),
         "missing prompt file": ([*ckpt, "--start=FILE:/no/such/prompt.txt"], "/no/such/prompt.txt"),
-        "garbage safetensors": (["--init-from", garbage / "model.safetensors", "--backend", "numpy"], "model.safetensors"),
-        "garbage torch pickle": (["--init-from", garbage / "ckpt.pt"], "ckpt.pt"),
+        "prompt file not UTF-8": ([*ckpt, f"--start=FILE:{bad / 'latin1.txt'}"], "not UTF-8"),
+        "garbage safetensors": (["--init-from", bad / "model.safetensors", "--backend", "numpy"], "model.safetensors"),
+        "garbage torch pickle": (["--init-from", bad / "ckpt.pt"], "ckpt.pt"),
+        "prompt outside the vocabulary": (["--init-from", bad / "tiny_vocab.safetensors", "--backend", "numpy",
+                                           "--start", "Hello"], "vocabulary has 100 tokens"),
         "missing checkpoint": (["--init-from", "/no/such/model.safetensors"], "/no/such/model.safetensors"),
         "numpy on cuda": ([*ckpt, "--backend", "numpy", "--device", "cuda"], "--device cuda"),
         "numpy in bfloat16": ([*ckpt, "--backend", "numpy", "--dtype", "bfloat16"], "bfloat16"),
@@ -129,10 +140,10 @@ def bad_inputs(small, garbage) -> dict:
     return cases
 
 
-def test_bad_input_is_one_line_on_stderr_and_a_nonzero_exit(small_checkpoint, garbage_files):
+def test_bad_input_is_one_line_on_stderr_and_a_nonzero_exit(small_checkpoint, bad_files):
     """Every bad invocation from a real process: non-zero exit, exactly one line on stderr that says what is
     wrong, no traceback, and nothing on stdout."""
-    cases = bad_inputs(small_checkpoint, garbage_files)
+    cases = bad_inputs(small_checkpoint, bad_files)
     results = run_all({name: args for name, (args, _) in cases.items()})
     for name, (code, out, err) in results.items():
         assert code != 0, name
@@ -163,6 +174,16 @@ def test_streaming_to_a_terminal_prints_the_same_text(small_checkpoint, capsys):
     assert process.returncode == 0 and err == "", err
     on_terminal = b"".join(chunks).decode("utf-8").replace("\r\n", "\n")
     assert on_terminal == run_main(capsys, *args)
+
+
+def test_a_closed_pipe_stops_quietly(small_checkpoint):
+    """`sample.py | head`: when the reader goes away, stop without a BrokenPipeError traceback."""
+    process = start_cli("--init-from", small_checkpoint.path, "--backend", "numpy", "--num_samples", 200,
+                        "--max_new_tokens", 50)
+    assert process.stdout.read(10)
+    process.stdout.close()
+    err = process.stderr.read()
+    assert process.wait(timeout=120) != 0 and err == ""
 
 
 # --- the same text from both backends ------------------------------------------------------------------
