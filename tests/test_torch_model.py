@@ -3,8 +3,8 @@
 Tolerances. The checkpoints (conftest.py) have activations of order 1 and logits of order 10. In float32
 (unit roundoff 6e-8) the two implementations sum the same products in different orders; over a few
 layers of n_embd-long dot products that leaves ~1e-5 (measured: <= 1.1e-5 on every shape, logits and
-hidden states), so 2e-4 gives 20x headroom and still catches any real mistake (a wrong GELU, a missing bias or a misaligned mask
-moves logits by 1e-2 or more on these checkpoints). In float64 the same argument gives ~1e-14
+hidden states), so 2e-4 gives 20x headroom and still catches any real mistake (a wrong GELU, a missing
+bias or a misaligned mask moves logits by 1e-2 or more on these checkpoints). In float64 the same argument gives ~1e-14
 (measured: <= 2e-14); 1e-9 leaves a wide margin and is still five orders below any real mistake.
 """
 
