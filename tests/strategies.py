@@ -1,4 +1,4 @@
-"""Hypothesis strategies shared by the property tests (tests/test_prop_*.py).
+"""Hypothesis strategies and helpers shared by the property tests (tests/test_prop_*.py).
 
 Hypothesis chooses the shapes, the dtype, the scale of the values and a seed; the values themselves come
 from a NumPy generator seeded with it. So examples shrink to small shapes and plain scales, and since the
@@ -8,11 +8,17 @@ Shapes stay small (T <= 16, C <= 64): the properties do not depend on size, and 
 
 import contextlib
 import math
+import tempfile
+from pathlib import Path
 
 import numpy as np
+import torch
 from hypothesis import settings
 from hypothesis import strategies as st
 
+import weights
+from gpt2_numpy.model import GPT as NumpyGPT
+from gpt2_torch.model import GPT as TorchGPT
 from weights import GPTConfig
 
 batch_sizes = st.integers(1, 3)
@@ -48,8 +54,8 @@ def model_configs(draw, max_layers=2, bias=st.booleans()):
     """A tiny GPTConfig: 1-2 layers, 1-4 heads of size 1-8, vocabulary 1-40, context 1-16 (bias on or off)."""
     n_head, head_size = draw(head_counts), draw(st.integers(1, 8))
     return GPTConfig(
-        block_size=draw(st.integers(1, 16)), vocab_size=draw(st.integers(1, 40)), n_layer=draw(st.integers(1, max_layers)),
-        n_head=n_head, n_embd=n_head * head_size, bias=draw(bias),
+        block_size=draw(st.integers(1, 16)), vocab_size=draw(st.integers(1, 40)),
+        n_layer=draw(st.integers(1, max_layers)), n_head=n_head, n_embd=n_head * head_size, bias=draw(bias),
     )  # fmt: skip
 
 
@@ -57,11 +63,9 @@ def random_params(config: GPTConfig, seed: int, dtype=np.float32) -> dict[str, n
     """Canonical parameters (weights.parameter_shapes) of order-1 activations: matrices N(0, 1/fan_in),
     LayerNorm gains around 1, biases and embeddings of order 0.1-1. Nothing is left at a trivial init
     (unit gains, zero biases), so a dropped bias or a swapped orientation changes the outputs."""
-    from weights import parameter_shapes
-
     rng = np.random.default_rng(seed)
     params = {}
-    for name, shape in parameter_shapes(config).items():
+    for name, shape in weights.parameter_shapes(config).items():
         if name.endswith(("ln_1.weight", "ln_2.weight", "ln_f.weight")):
             value = 1 + 0.3 * rng.standard_normal(shape)
         elif name.endswith(".bias"):
@@ -85,7 +89,8 @@ def assert_within(error, tolerance, what="error"):
     error, tolerance = np.broadcast_arrays(np.abs(np.asarray(error, dtype=np.float64)), tolerance)
     beyond = ~(error <= tolerance)
     if beyond.any():
-        worst = np.unravel_index(np.argmax(np.where(beyond, np.nan_to_num(error / tolerance, nan=np.inf), 0)), error.shape)
+        ratio = np.where(beyond, np.nan_to_num(error / tolerance, nan=np.inf), 0)
+        worst = np.unravel_index(np.argmax(ratio), error.shape)
         raise AssertionError(
             f"{what}: {beyond.sum()} of {error.size} elements beyond the tolerance; "
             f"worst at {tuple(map(int, worst))}: |error| {error[worst]:.3g} > tolerance {tolerance[worst]:.3g}"
@@ -103,13 +108,6 @@ def chunkings(draw, length):
 def tiny_models(config: GPTConfig, params: dict[str, np.ndarray], dtype="float64"):
     """(torch GPT, NumPy GPT) with these parameters, each built by its own from_pretrained from one
     .safetensors file written by weights.save: the path every real model takes."""
-    import tempfile
-    from pathlib import Path
-
-    import weights
-    from gpt2_numpy.model import GPT as NumpyGPT
-    from gpt2_torch.model import GPT as TorchGPT
-
     with tempfile.TemporaryDirectory() as directory:
         path = Path(directory) / "model.safetensors"
         weights.save(path, config, {name: value.astype(dtype) for name, value in params.items()})
@@ -122,8 +120,6 @@ def one_torch_thread():
     """Run torch on one thread. The examples are tiny, so a second thread brings nothing but a barrier per
     operation, and on a loaded 2-core machine that barrier waits out a scheduler slice: ~16 ms per nn.Linear
     instead of ~7 us, measured."""
-    import torch
-
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:

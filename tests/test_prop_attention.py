@@ -1,7 +1,7 @@
 """Property tests of causal self-attention in both backends, as modules and inside the whole model.
 
 Three implementations share each example's weights:
-  numpy         gpt2_numpy's CausalSelfAttention, given the mask its GPT builds (causal_mask(T, start + T), none for T = 1)
+  numpy         gpt2_numpy's CausalSelfAttention, with the mask its GPT builds: causal_mask(T, start + T), none if T = 1
   torch-fused   gpt2_torch's CausalSelfAttention with .flash = True (F.scaled_dot_product_attention)
   torch-manual  the same module with .flash = False (q k^T, masked_fill, F.softmax, @ v)
 The torch module is built by its own constructor (nn.Linear's random init, under a drawn seed, with the
@@ -10,16 +10,17 @@ the NumPy module gets the same weights as a parameter dict in the canonical (in,
 
 Tolerance (output_tolerance). Rounding errors are propagated stage by stage on absolute values, in float64:
 a sum of n rounded terms is taken to be off by sqrt(n) * eps * (sum of the terms' magnitudes) — the standard
-probabilistic model of rounding (Higham, Accuracy and Stability, sec. 3.6: errors of random sign grow like
-sqrt(n), not n) — and exp, division and square root round once:
+statistical model of rounding (Higham, Accuracy and Stability of Numerical Algorithms: errors of random sign
+grow like sqrt(n), not n) — and exp, division and square root round once:
   q, k, v = x W + b          dq  = sqrt(C + 1) eps (|x| |W| + |b|)
   z = q . k / sqrt(hs)       dz  = (sqrt(hs) eps |q|.|k| + dq.|k| + |q|.dk) / sqrt(hs)
   p = softmax(z)             dp  = p (2 max_s dz + sqrt(S) eps + 2 eps)     (max-shift, exp, sum, division)
   y = sum_s p_s v_s          dy  = dp.|v| + p.dv + sqrt(S) eps p.|v|
   out = y W_p + b_p          dout = dy |W_p| + sqrt(C + 1) eps (|y| |W_p| + |b_p|)
-times a safety factor K = 2 (the worst error seen in 1500 examples per implementation and dtype was 0.11 of it). Each implementation is within that of the exact value and so is the float64
-reference (with eps64), so an implementation and the reference differ by <= tol(eps) + tol(eps64), and two
-implementations in the same dtype by <= 2 tol(eps).
+times a safety factor K = 2 (the worst error seen in 1500 examples per implementation and dtype was 0.11 of
+that). Each implementation is within that of the exact value and so is the float64 reference (with eps64), so
+an implementation and the reference differ by <= tol(eps) + tol(eps64), and two implementations in the same
+dtype by <= 2 tol(eps).
 """
 
 import math
@@ -55,7 +56,8 @@ class Attention:
     """One attention layer's weights, as both backends' modules and as float64 arrays for the reference."""
 
     def __init__(self, n_head, head_size, bias, dtype, seed, sharpness):
-        self.config = GPTConfig(block_size=BLOCK_SIZE, vocab_size=1, n_layer=1, n_head=n_head, n_embd=n_head * head_size, bias=bias)
+        C = n_head * head_size
+        self.config = GPTConfig(block_size=BLOCK_SIZE, vocab_size=1, n_layer=1, n_head=n_head, n_embd=C, bias=bias)
         torch.manual_seed(seed)
         self.torch = TorchAttention(self.config).to(TORCH_DTYPES[dtype]).eval()
         with torch.no_grad():
@@ -99,12 +101,17 @@ class Attention:
 
 
 @st.composite
-def attention_cases(draw, dtype=dtypes, max_len=BLOCK_SIZE):
+def attention_cases(draw):
     """(Attention, x (B, T, C)): x entries N(0, scale^2) with scale in [0.1, 3] (attention reads LayerNorm outputs)."""
-    dtype, n_head, head_size = draw(dtype), draw(head_counts), draw(head_sizes)
+    dtype, n_head, head_size = draw(dtypes), draw(head_counts), draw(head_sizes)
     layer = Attention(n_head, head_size, draw(st.booleans()), dtype, draw(seeds), draw(st.floats(0.5, 4)))
-    shape = (draw(batch_sizes), draw(st.integers(1, max_len)), n_head * head_size)
+    shape = (draw(batch_sizes), draw(seq_lens), n_head * head_size)
     return layer, draw(gaussian_arrays(shape, dtype, st.floats(0.1, 3)))
+
+
+def split_heads(a, n_head):
+    B, T, C = a.shape
+    return a.reshape(B, T, n_head, C // n_head).transpose(0, 2, 1, 3)  # (B, T, C) -> (B, nh, T, hs)
 
 
 def naive_attention(layer, x):
@@ -125,13 +132,7 @@ def naive_attention(layer, x):
                 weights /= weights.sum()
                 probabilities[i, h, t, : t + 1] = weights
                 heads[i, t, cols] = weights @ v[i, : t + 1, cols]
-    values = v.reshape(B, T, n_head, hs).transpose(0, 2, 1, 3)  # (B, nh, T, hs)
-    return heads @ W_proj + b_proj, probabilities, values
-
-
-def split_heads(a, n_head):
-    B, T, C = a.shape
-    return a.reshape(B, T, n_head, C // n_head).transpose(0, 2, 1, 3)  # (B, nh, T, hs)
+    return heads @ W_proj + b_proj, probabilities, split_heads(v, n_head)
 
 
 def error_bounds(layer, x, e):
@@ -144,7 +145,8 @@ def error_bounds(layer, x, e):
     magnitude = np.abs(x.astype(np.float64)) @ np.abs(W) + np.abs(b)  # (B, T, 3C)
     mq, mk, mv = (split_heads(m, n_head) for m in np.split(magnitude, 3, axis=-1))  # 3 x (B, nh, T, hs)
     dq, dk, dv = (math.sqrt(C + 1) * e * m for m in (mq, mk, mv))
-    dz = (math.sqrt(hs) * e * mq @ mk.swapaxes(-1, -2) + dq @ mk.swapaxes(-1, -2) + mq @ dk.swapaxes(-1, -2)) / math.sqrt(hs)
+    mkT, dkT = mk.swapaxes(-1, -2), dk.swapaxes(-1, -2)  # (B, nh, hs, T)
+    dz = (math.sqrt(hs) * e * mq @ mkT + dq @ mkT + mq @ dkT) / math.sqrt(hs)  # (B, nh, T, T)
     visible = np.tril(np.ones((T, T), dtype=bool))  # (T, T) keys each query attends to
     dz_max = np.where(visible, dz, 0).max(axis=-1, keepdims=True)  # (B, nh, T, 1)
     S = np.arange(1, T + 1)[:, None]  # (T, 1) number of keys of each query
@@ -196,7 +198,8 @@ def test_attention_is_causal(case, implementation, data):
     t = data.draw(st.integers(0, T - 1))
     changed = x.copy()
     changed[:, t + 1 :] = data.draw(gaussian_arrays(changed[:, t + 1 :].shape, x.dtype, st.floats(0.1, 1e3)))
-    np.testing.assert_array_equal(layer.run(implementation, changed)[:, : t + 1], layer.run(implementation, x)[:, : t + 1])
+    before, after = layer.run(implementation, x), layer.run(implementation, changed)
+    np.testing.assert_array_equal(after[:, : t + 1], before[:, : t + 1])
 
 
 @few_examples(2)
@@ -214,12 +217,14 @@ def test_model_is_causal_in_its_tokens(config, seed, dtype, data):
     for model in tiny_models(config, random_params(config, seed), dtype):
         before, after = model.trace(idx), model.trace(changed)
         for name in before:
-            np.testing.assert_array_equal(np.asarray(after[name])[:, : t + 1], np.asarray(before[name])[:, : t + 1], err_msg=name)
+            kept, changed_by_t = np.asarray(before[name])[:, : t + 1], np.asarray(after[name])[:, : t + 1]
+            np.testing.assert_array_equal(changed_by_t, kept, err_msg=name)
 
 
 # --- attention probabilities ---------------------------------------------------------------------------------
 
-@given(st.integers(1, BLOCK_SIZE), st.data(), dtypes, gaussian_arrays((BLOCK_SIZE, BLOCK_SIZE), np.float64, st.floats(0.1, 30)))
+@given(st.integers(1, BLOCK_SIZE), st.data(), dtypes,
+       gaussian_arrays((BLOCK_SIZE,) * 2, np.float64, st.floats(0.1, 30)))
 def test_masked_softmax_rows_sum_to_one_and_vanish_above_the_diagonal(S, data, dtype, scores):
     """gpt2_numpy's softmax(scores + causal_mask(T, S)), for the last T <= S queries: every row sums to 1
     within K (sqrt(S) + 2) eps (its S quotients round once each and the sum of the exponentials is off by
@@ -242,16 +247,16 @@ class Probe(Attention):
     def __init__(self, n_head, head_size, T, bias, dtype, seed, sharpness):
         super().__init__(n_head, head_size, bias, dtype, seed, sharpness)
         C = n_head * head_size
-        copy = np.zeros((C, C), dtype)  # e_s -> e_s in each head's slice
+        copy_to_heads = np.zeros((C, C), dtype)  # (in, out): e_s -> e_s in each head's slice
         for h in range(n_head):
-            copy[np.arange(T), h * head_size + np.arange(T)] = 1
+            copy_to_heads[np.arange(T), h * head_size + np.arange(T)] = 1
         with torch.no_grad():
-            self.torch.c_attn.weight[2 * C :] = torch.from_numpy(copy.T)  # nn.Linear stores (out, in)
+            self.torch.c_attn.weight[2 * C :] = torch.from_numpy(copy_to_heads.T)  # nn.Linear stores (out, in)
             self.torch.c_proj.weight.copy_(torch.eye(C))
             if bias:
                 self.torch.c_attn.bias[2 * C :] = 0
                 self.torch.c_proj.bias.zero_()
-        self.params["attn.c_attn.weight"][:, 2 * C :] = copy
+        self.params["attn.c_attn.weight"][:, 2 * C :] = copy_to_heads
         self.params["attn.c_proj.weight"][:] = np.eye(C)
         if bias:
             self.params["attn.c_attn.bias"][2 * C :] = 0
@@ -301,14 +306,15 @@ def test_kv_cache_chunks_equal_one_full_pass(case, implementation, data):
 def test_model_kv_cache_chunks_equal_the_full_trace(backend, config, seed, data):
     """The whole model in float64: tokens fed chunk by chunk with start offsets through the model's own
     KV cache (allocate_kv_cache, model(idx, start)) give, for each chunk's last position, the logits of one
-    full forward pass (trace) within 1e-9 * max|logits|. Why that bound: a logit is the end of a chain of at
-    most ~1e3 roundings (two layers of width <= 4C = 128 dot products, softmax over <= 16 keys, LayerNorms
-    of O(1) conditioning: the parameters keep activations of order 1), each <= eps64 = 2.2e-16 relative,
-    so ~2e-13; 1e-9 leaves ample room, while a cache bug (stale or misplaced keys, wrong position
-    embedding, misaligned mask) moves logits by O(0.1)."""
+    full forward pass (trace) within 1e-12 * max|logits|. Why that bound: a logit is the end of a chain of
+    at most ~1e3 roundings (two layers of dot products of width <= 4C = 128, softmax over <= 16 keys,
+    LayerNorms of O(1) conditioning: the parameters keep activations of order 1), each <= eps64 = 2.2e-16
+    relative, so <= ~2e-13 (observed: <= 1e-15 in 200 examples); a cache bug (stale or misplaced keys, a
+    wrong position embedding, a misaligned mask) moves logits by O(0.1)."""
     torch_model, numpy_model = tiny_models(config, random_params(config, seed), "float64")
     model = torch_model if backend == "torch" else numpy_model
-    idx = np.random.default_rng(seed).integers(config.vocab_size, size=(data.draw(batch_sizes), data.draw(st.integers(1, config.block_size))))
+    shape = (data.draw(batch_sizes), data.draw(st.integers(1, config.block_size)))
+    idx = np.random.default_rng(seed).integers(config.vocab_size, size=shape)  # (B, T)
     full = np.asarray(model.trace(idx)["logits"])  # (B, T, V)
     model.allocate_kv_cache(idx.shape[0])
     start = 0
@@ -317,4 +323,5 @@ def test_model_kv_cache_chunks_equal_the_full_trace(backend, config, seed, data)
         with torch.no_grad():
             logits = model(torch.from_numpy(chunk) if backend == "torch" else chunk, start)  # (B, 1, V)
         start += size
-        assert_within(np.asarray(logits)[:, 0] - full[:, start - 1], 1e-9 * np.abs(full).max(), f"after {start} tokens")
+        error = np.asarray(logits)[:, 0] - full[:, start - 1]  # (B, V)
+        assert_within(error, 1e-12 * np.abs(full).max(), f"after {start} tokens")

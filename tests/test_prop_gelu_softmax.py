@@ -19,7 +19,9 @@ from torch.nn import functional as F
 from gpt2_numpy.model import MLP as NumpyMLP
 from gpt2_numpy.model import gelu, softmax
 from gpt2_torch.model import MLP as TorchMLP
-from tests.strategies import assert_within, batch_sizes, dtypes, eps, gaussian_arrays, log2_ceil, one_torch_thread, scales
+from tests.strategies import (
+    assert_within, batch_sizes, dtypes, eps, gaussian_arrays, log2_ceil, one_torch_thread, scales,
+)  # fmt: skip
 from weights import GPTConfig
 
 # sup over the reals of |tanh-form GELU - erf-form GELU|, reached at x = +-2.6989: computed in float64 with
@@ -45,7 +47,8 @@ def identity_mlps(C, dtype, bias):
     module = TorchMLP(config).to(torch.from_numpy(up).dtype).eval()
     with torch.no_grad():
         for name, value in p.items():
-            module.get_parameter(name.removeprefix("mlp.")).copy_(torch.from_numpy(value.T))  # nn.Linear stores (out, in)
+            parameter = module.get_parameter(name.removeprefix("mlp."))
+            parameter.copy_(torch.from_numpy(value.T))  # nn.Linear stores (out, in)
     return NumpyMLP(config, p, "mlp"), module
 
 
@@ -65,7 +68,8 @@ GELUS = ["numpy", "numpy-mlp", "torch-mlp"]
 
 def gelu_tanh_reference(x):
     """0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))), element by element with Python's float64 math."""
-    return np.array([0.5 * v * (1 + math.tanh(math.sqrt(2 / math.pi) * (v + 0.044715 * v**3))) for v in x.astype(np.float64).tolist()])
+    values = x.astype(np.float64).tolist()
+    return np.array([0.5 * v * (1 + math.tanh(math.sqrt(2 / math.pi) * (v + 0.044715 * v**3))) for v in values])
 
 
 def gelu_erf_reference(x):
@@ -115,7 +119,8 @@ def test_gelu_is_not_the_erf_form(implementation, dtype):
     the gap of the formulas there within 1e-5: far above float32 rounding (~3e-7 here) and far below the
     gap itself, so the erf form, or a slightly different approximation, fails."""
     peak = 2.6989
-    grid = np.concatenate([np.arange(-10, 10, 1e-3), peak + np.arange(-1e-3, 1e-3, 1e-6), -peak + np.arange(-1e-3, 1e-3, 1e-6)])
+    near_peak = np.arange(-1e-3, 1e-3, 1e-6)
+    grid = np.concatenate([np.arange(-10, 10, 1e-3), peak + near_peak, -peak + near_peak])
     formula_gap = np.abs(gelu_tanh_reference(grid) - gelu_erf_reference(grid)).max()
     assert abs(formula_gap - GELU_TANH_ERF_GAP) < 1e-8
     x = np.concatenate([peak + np.arange(-16, 16) * 1e-5, -peak + np.arange(-16, 16) * 1e-5]).astype(dtype)  # (64,)
@@ -153,7 +158,8 @@ def softmax_tolerance(x):
     division add (log2 V + 2) eps; plus a few subnormal spacings for probabilities that underflow."""
     x64 = x.astype(np.float64)
     z = np.where(np.isfinite(x64), x64 - x64.max(axis=-1, keepdims=True), 0)  # -inf entries: p = 0, tolerance 0
-    return K * eps(x.dtype) * (np.abs(z) + log2_ceil(x.shape[-1]) + 3) * exact_softmax(x) + 4 * np.finfo(x.dtype).smallest_subnormal
+    relative = K * eps(x.dtype) * (np.abs(z) + log2_ceil(x.shape[-1]) + 3)
+    return relative * exact_softmax(x) + 4 * np.finfo(x.dtype).smallest_subnormal
 
 
 @st.composite

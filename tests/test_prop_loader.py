@@ -90,13 +90,15 @@ def write(fmt, directory, config, params, prefix, extras):
         weight_map = {name: shard for shard, shard_names in shards.items() for name in shard_names}
         (directory / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
     else:
-        torch.save({name: torch.from_numpy(np.ascontiguousarray(value)) for name, value in state.items()}, directory / "pytorch_model.bin")
+        tensors = {name: torch.from_numpy(np.ascontiguousarray(value)) for name, value in state.items()}
+        torch.save(tensors, directory / "pytorch_model.bin")
     return directory
 
 
 @pytest.mark.parametrize("fmt", FORMATS)
 @few_examples(3)
-@given(seeds, st.sampled_from([np.float16, np.float32, np.float64]), st.sampled_from(["", "transformer."]), st.booleans(), st.data())
+@given(seeds, st.sampled_from([np.float16, np.float32, np.float64]), st.sampled_from(["", "transformer."]),
+       st.booleans(), st.data())
 def test_every_format_loads_back_identical(fmt, seed, dtype, prefix, extras, data):
     """weights.load(written) == (config, params) exactly: the same GPTConfig, the same canonical names (no
     buffers, no lm_head), and every array bit-identical with its dtype."""

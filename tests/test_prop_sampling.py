@@ -99,7 +99,7 @@ def test_only_top_k_tokens_are_drawn(logits, top_k, temperature, seed):
     assert np.all(np.take_along_axis(allowed, tokens, axis=1))
 
 
-@given(logit_matrices(ties=False), st.none() | st.integers(1, 45), top_ps.filter(lambda p: p is not None), temperatures, seeds)
+@given(logit_matrices(ties=False), st.none() | st.integers(1, 45), st.floats(0.01, 1.0), temperatures, seeds)
 def test_only_the_nucleus_is_drawn(logits, top_k, top_p, temperature, seed):
     """With top_p, every draw is in the nucleus of its row's (top-k) distribution: the tokens strictly more
     probable than it hold < top_p (+ NUCLEUS_SLACK for the float64 rounding of that mass). Logits without
@@ -115,7 +115,8 @@ def test_same_seed_same_draws_and_one_uniform_per_row(logits, data, seed):
     .numpy() (as gpt2_torch hands them over) and as a NumPy array give the same tokens, and whatever the logits
     and options, each call consumes exactly one uniform per row — so the generators of two backends whose
     logits differ slightly stay in step for the rest of the text."""
-    options = {"temperature": data.draw(temperatures), "top_k": data.draw(st.none() | st.integers(2, 45)), "top_p": data.draw(top_ps)}
+    top_k = data.draw(st.none() | st.integers(2, 45))  # not 1: greedy draws no uniform
+    options = dict(temperature=data.draw(temperatures), top_k=top_k, top_p=data.draw(top_ps))
     from_numpy = sample_next(logits, np.random.default_rng(seed), **options)
     from_torch = sample_next(torch.tensor(logits).numpy(), np.random.default_rng(seed), **options)
     np.testing.assert_array_equal(from_numpy, from_torch)
@@ -153,7 +154,8 @@ def test_both_backends_generate_the_same_tokens(config, seed, data):
     (~1e-6): still rare, but float64 keeps a spurious failure of this exact test out of reach."""
     torch_model, numpy_model = tiny_models(config, random_params(config, seed), "float64")
     rng = np.random.default_rng(seed)
-    prompt = rng.integers(config.vocab_size, size=(data.draw(st.integers(1, 3)), data.draw(st.integers(1, config.block_size))))
+    shape = (data.draw(st.integers(1, 3)), data.draw(st.integers(1, config.block_size)))
+    prompt = rng.integers(config.vocab_size, size=shape)  # (B, T)
     options = dict(
         max_new_tokens=data.draw(st.integers(1, config.block_size + 4)),
         temperature=data.draw(st.sampled_from([0.0, 0.8, 1.0, 1.7])),
@@ -162,8 +164,8 @@ def test_both_backends_generate_the_same_tokens(config, seed, data):
     )
     sample_seed = data.draw(seeds)
     texts = {
-        (name, use_cache): model.generate(prompt, rng=np.random.default_rng(sample_seed), use_cache=use_cache, **options)
-        for name, model in (("torch", torch_model), ("numpy", numpy_model)) for use_cache in (True, False)
+        (name, cache): model.generate(prompt, rng=np.random.default_rng(sample_seed), use_cache=cache, **options)
+        for name, model in (("torch", torch_model), ("numpy", numpy_model)) for cache in (True, False)
     }  # fmt: skip
     for key, tokens in texts.items():
         np.testing.assert_array_equal(tokens, texts["torch", True], err_msg=str(key))
@@ -179,7 +181,8 @@ def chi_square_p_value(statistic, dof):
     """P(chi^2_dof >= statistic): the chi-square survival function is the regularised upper incomplete gamma
     function Q(dof / 2, statistic / 2), which torch provides (scipy is not a dependency). It reproduces the
     tables: 27.877 with 9 degrees of freedom -> 0.0010, 16.919 -> 0.050."""
-    return float(torch.special.gammaincc(torch.tensor(dof / 2, dtype=torch.float64), torch.tensor(statistic / 2, dtype=torch.float64)))
+    a, x = torch.tensor(dof / 2, dtype=torch.float64), torch.tensor(statistic / 2, dtype=torch.float64)
+    return float(torch.special.gammaincc(a, x))
 
 
 @pytest.mark.parametrize(
@@ -203,4 +206,5 @@ def test_draw_frequencies_match_the_probabilities(temperature, top_k, top_p):
     expected = N_DRAWS * p[support]
     assert expected.min() >= 5 and support.sum() >= 2
     statistic = float(((counts[support] - expected) ** 2 / expected).sum())
-    assert chi_square_p_value(statistic, support.sum() - 1) > 1e-3, f"chi-square {statistic:.1f}, counts {counts}, expected {expected}"
+    p_value = chi_square_p_value(statistic, support.sum() - 1)
+    assert p_value > 1e-3, f"chi-square {statistic:.1f} (p = {p_value:.2g}), counts {counts}, expected {expected}"

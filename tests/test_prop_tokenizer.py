@@ -10,8 +10,8 @@ from weights.tokenizer import END_OF_TEXT, END_OF_TEXT_ID, VOCAB_SIZE, decode, d
 
 # Pieces that exercise GPT-2's pre-tokenizer and the special token: contractions, runs of spaces and newlines,
 # digits, combining marks, astral-plane characters, and fragments of <|endoftext|> that must stay plain text.
-PIECES = [END_OF_TEXT, "<|", "|>", "endoftext", "<|endoftext", "'s", "'ll", "'RE", " ", "  ", "\n", "\n\n", "\r\n", "\t",
-          "1234567", "e\u0301", "\u00e9", "\U0001f999", "\u4e2d\u6587", "\ufeff", "\x00"]  # fmt: skip
+PIECES = [END_OF_TEXT, "<|", "|>", "endoftext", "<|endoftext", "'s", "'ll", "'RE", " ", "  ", "\n", "\n\n", "\r\n",
+          "\t", "1234567", "e\u0301", "\u00e9", "\U0001f999", "\u4e2d\u6587", "\ufeff", "\x00"]  # fmt: skip
 texts = st.text() | st.lists(st.text(max_size=8) | st.sampled_from(PIECES), max_size=30).map("".join)
 
 
