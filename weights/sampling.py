@@ -21,7 +21,7 @@ def sample_next(logits, rng: np.random.Generator, temperature=1.0, top_k=None, t
     The draw is an inverse-CDF lookup of one uniform number per row, the CDF summed in token-id order
     in float64, so its outcome depends on the logits' values only, not on how a backend sorted them.
     """
-    if temperature < 0:
+    if not temperature >= 0:  # written so that NaN fails too
         raise ValueError(f"temperature must be >= 0, got {temperature}")
     if top_p is not None and not 0 < top_p <= 1:
         raise ValueError(f"top_p must be in (0, 1], got {top_p}")
