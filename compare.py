@@ -151,7 +151,7 @@ class TransformersGPT:
             model.transformer.load_state_dict(state)  # canonical names are GPT2Model's; lm_head is tied to wte
         self.model = model.to(torch.float64).eval()
 
-    def trace(self, idx) -> "OrderedDict[str, torch.Tensor]":
+    def trace(self, idx) -> OrderedDict:
         """Our trace, from transformers' hidden states plus forward hooks for what it does not expose.
 
         hidden_states[0] is the embedding and hidden_states[i] the input of block i (our h.{i-1}); but the
@@ -290,7 +290,8 @@ def compare(subjects, reference, idx, atol=None, rtol=None, greedy=0) -> Report:
         a, r = tolerance(subject.dtype, atol, rtol)
         trace = subject.model.trace(idx)
         missing = np.full(0, math.nan)  # an activation the backend does not produce fails on its shape
-        layers = [layer_diff(name, as_float64(trace.get(name, missing)), ref, a, r) for name, ref in expected.items()]
+        layers = [layer_diff(name, as_float64(trace.get(name, missing)), ref, a, r)
+                  for name, ref in expected.items()]
         column = Column(subject, a, r, layers)
         if greedy:
             column.greedy = greedy_agreement(subject.model, reference.model, idx, reference_tokens, a, r)
@@ -327,7 +328,8 @@ def header_lines(report: Report) -> list[str]:
         s = c.subject
         where = f" on {meta['device']}" if s.label == "torch" and "device" in meta else ""
         note = " (NumPy has no bfloat16)" if s.label == "numpy" and meta.get("dtype") == "bfloat16" else ""
-        lines.append(f"under test: {s.title}{where}{note}: pass if {CRITERION}, atol={c.atol:g} rtol={c.rtol:g}")
+        lines.append(f"under test: {s.title}{where}{note}: pass if {CRITERION}, "
+                     f"atol={c.atol:g} rtol={c.rtol:g}")
     return lines
 
 
@@ -364,9 +366,9 @@ def greedy_lines(report: Report) -> list[str]:
         if g.first_mismatch is None:
             lines.append(f"  {c.subject.title}: all {n} tokens agree")
         else:
-            verdict = "a near-tie, within tolerance" if g.near_tie else "FAIL: wider than the tolerance allows"
-            lines.append(f"  {c.subject.title}: first disagreement at new token {g.first_mismatch} "
-                         f"({g.backend_token} instead of {g.reference_token}; reference margin {g.margin:.3g}: {verdict})")
+            judged = "a near-tie, within tolerance" if g.near_tie else "FAIL: wider than the tolerance allows"
+            lines.append(f"  {c.subject.title}: first disagreement at new token {g.first_mismatch} ({g.backend_token} "
+                         f"instead of {g.reference_token}; reference margin {g.margin:.3g}: {judged})")
     return lines
 
 
@@ -375,13 +377,15 @@ def verdict(report: Report) -> str:
     for c in report.columns:
         if c.first_failure is not None:
             d = next(d for d in c.layers if not d.ok)
-            parts.append(f"{c.subject.title} first fails at {d.name} (max abs diff {d.max_abs_diff:.3g} > {d.tolerance:.3g})")
+            parts.append(f"{c.subject.title} first fails at {d.name} "
+                         f"(max abs diff {d.max_abs_diff:.3g} > {d.tolerance:.3g})")
         elif not c.ok:
-            parts.append(f"{c.subject.title}'s greedy decode parts from the reference's at token {c.greedy.first_mismatch}")
-    if not parts:
-        n = len(report.columns[0].layers)
-        return f"PASS: {' and '.join(c.subject.title for c in report.columns)} agree with {report.reference.title} at all {n} activations"
-    return "FAIL: " + "; ".join(parts)
+            parts.append(f"{c.subject.title}'s greedy decode parts from the reference's at token "
+                         f"{c.greedy.first_mismatch}")
+    if parts:
+        return "FAIL: " + "; ".join(parts)
+    backends = " and ".join(c.subject.title for c in report.columns)
+    return f"PASS: {backends} agree with {report.reference.title} at all {len(report.columns[0].layers)} activations"
 
 
 def print_report(report: Report, out=None, use_rich=None):
@@ -410,7 +414,7 @@ def print_rich(report: Report, out):
         table.add_row(*(f"[bold red]{cell}[/]" if cell == "FAIL" or cell.startswith("<-") else cell for cell in row))
     console = Console(file=out, highlight=False)
     # Never squeeze the numbers into ellipses: on a narrow terminal, long lines wrap instead.
-    console.width = max(console.width, console.measure(table, options=console.options.update_width(10_000)).maximum)
+    console.width = max(console.width, console.measure(table, options=console.options.update_width(10**4)).maximum)
     console.print(table)
     for line in greedy_lines(report):
         console.print(line)
@@ -445,19 +449,21 @@ def to_json(report: Report) -> dict:
     layers, backends = [], {}
     for c in report.columns:
         s = c.subject
-        backends[s.label] = {"dtype": s.dtype, "atol": c.atol, "rtol": c.rtol, "ok": c.ok, "first_failure": c.first_failure}
+        backends[s.label] = {"dtype": s.dtype, "atol": c.atol, "rtol": c.rtol, "ok": c.ok,
+                             "first_failure": c.first_failure}
         for d in c.layers:
-            layers.append({"backend": s.label, "name": d.name, "shape": list(d.shape),
-                           "max_abs_diff": _number_or_null(d.max_abs_diff), "max_rel_diff": _number_or_null(d.max_rel_diff),
-                           "cosine": _number_or_null(d.cosine), "tolerance": _number_or_null(d.tolerance), "ok": d.ok})  # fmt: skip
+            metrics = {key: _number_or_null(getattr(d, key))
+                       for key in ("max_abs_diff", "max_rel_diff", "cosine", "tolerance")}
+            layers.append({"backend": s.label, "name": d.name, "shape": list(d.shape), **metrics, "ok": d.ok})
     greedy = None
     if report.reference_tokens is not None:
         greedy = {"n": len(report.reference_tokens), "reference": report.reference_tokens,
                   "ok": all(c.greedy.ok for c in report.columns),
-                  "backends": {c.subject.label: {**vars(c.greedy), "ok": c.greedy.ok} for c in report.columns}}  # fmt: skip
-    return {"ok": report.ok, "reference": report.reference.title.replace(" ", "-"), "dtype": report.meta.get("dtype"),
-            "source": report.meta.get("source"), "device": report.meta.get("device"), "criterion": CRITERION,
-            "prompt": report.idx[0].tolist(), "backends": backends, "layers": layers, "greedy": greedy}  # fmt: skip
+                  "backends": {c.subject.label: {**vars(c.greedy), "ok": c.greedy.ok} for c in report.columns}}
+    meta = report.meta
+    return {"ok": report.ok, "reference": report.reference.title.replace(" ", "-"), "dtype": meta.get("dtype"),
+            "source": meta.get("source"), "device": meta.get("device"), "criterion": CRITERION,
+            "prompt": report.idx[0].tolist(), "backends": backends, "layers": layers, "greedy": greedy}
 
 
 def write_plot(report: Report, path):
@@ -533,16 +539,18 @@ def parse_args(argv=None):
     p.add_argument("--init-from", "--init_from", dest="init_from", required=True,
                    help="gpt2, gpt2-medium, gpt2-large, gpt2-xl, distilgpt2 (Hugging Face hub, cached), or the path "
                         "of a Hugging Face directory, a .safetensors file or a nanoGPT ckpt.pt")
-    p.add_argument("--start", default=DEFAULT_PROMPT, help=f"the prompt; FILE:path reads it from a file (default: {DEFAULT_PROMPT!r})")
+    p.add_argument("--start", default=DEFAULT_PROMPT,
+                   help=f"the prompt; FILE:path reads it from a file (default: {DEFAULT_PROMPT!r})")
     p.add_argument("--device", default="cpu", help="where the torch backend runs: cpu, cuda, cuda:N, mps; NumPy and "
                    "the reference run on the CPU (default: cpu)")
     p.add_argument("--dtype", choices=DTYPES, default="float32",
-                   help="the backends' dtype; with bfloat16 NumPy computes in float32, having no bfloat16 (default: float32)")
+                   help="the backends' dtype; NumPy, having no bfloat16, computes in float32 then (default: float32)")
     p.add_argument("--reference", choices=REFERENCES, default="numpy-float64",
-                   help="numpy-float64, torch (the torch backend in float64) or transformers (GPT2LMHeadModel in float64, "
-                        "needs transformers) (default: numpy-float64)")
-    p.add_argument("--atol", type=_non_negative(float), default=None, help="absolute tolerance (default: by dtype, below)")
-    p.add_argument("--rtol", type=_non_negative(float), default=None, help="tolerance relative to max |reference| (default: by dtype)")
+                   help="numpy-float64, torch (the torch backend in float64) or transformers (GPT2LMHeadModel in "
+                        "float64, needs transformers) (default: numpy-float64)")
+    p.add_argument("--atol", type=_non_negative(float), help="absolute tolerance (default: by dtype, below)")
+    p.add_argument("--rtol", type=_non_negative(float),
+                   help="tolerance per unit of max |reference| (default: by dtype, below)")
     p.add_argument("--greedy", type=_non_negative(int), default=0, metavar="N",
                    help="also decode N greedy tokens with every model and report where they first disagree")
     p.add_argument("--json", metavar="PATH", help="write the report as JSON")
@@ -577,7 +585,8 @@ def prompt_ids(text, config) -> np.ndarray:
     if max(ids) >= config.vocab_size:
         fail(f"the prompt has token id {max(ids)}, but this model's vocabulary has {config.vocab_size} tokens")
     if len(ids) > config.block_size:
-        print(f"compare.py: the prompt has {len(ids)} tokens; keeping the last {config.block_size} (block_size)", file=sys.stderr)
+        print(f"compare.py: the prompt has {len(ids)} tokens; keeping the last {config.block_size} (block_size)",
+              file=sys.stderr)
         ids = ids[-config.block_size:]
     return np.array([ids])  # (1, T)
 

@@ -19,6 +19,7 @@ import compare
 from compare import Subject
 
 REPO = Path(__file__).resolve().parent.parent
+REFERENCE_NAMES = {"numpy-float64": "numpy-float64", "torch": "torch-float64", "transformers": "transformers-float64"}
 
 
 def trace_names(n_layer):
@@ -38,7 +39,8 @@ def table_order(stdout, names):
 # --- the report on unperturbed models ---------------------------------------------------------------
 
 @pytest.mark.parametrize("reference, dtype", [("numpy-float64", "float32"), ("torch", "float32"),
-                                              ("transformers", "float32"), ("transformers", "float64")])
+                                              ("transformers", "float32"), ("transformers", "float64"),
+                                              ("numpy-float64", "bfloat16")])
 def test_every_layer_agrees(small_checkpoint, tmp_path, capsys, reference, dtype):
     out = tmp_path / "report.json"
     code = compare.main(["--init-from", str(small_checkpoint.path), "--reference", reference, "--dtype", dtype,
@@ -50,8 +52,10 @@ def test_every_layer_agrees(small_checkpoint, tmp_path, capsys, reference, dtype
     assert None not in rows and rows == sorted(rows), stdout  # every activation, in trace order
     assert stdout.strip().splitlines()[-1].startswith("PASS")
     report = json.loads(out.read_text())
-    assert report["ok"] is True and report["dtype"] == dtype and report["reference"] == f"{reference.split('-')[0]}-float64"
-    assert set(report["backends"]) == {"torch", "numpy"}
+    assert report["ok"] is True and report["dtype"] == dtype
+    assert report["reference"] == REFERENCE_NAMES[reference]
+    assert report["backends"]["torch"]["dtype"] == dtype
+    assert report["backends"]["numpy"]["dtype"] == ("float32" if dtype == "bfloat16" else dtype)  # no bfloat16
     for backend in ("torch", "numpy"):
         layers = [layer for layer in report["layers"] if layer["backend"] == backend]
         assert [layer["name"] for layer in layers] == names
@@ -137,8 +141,9 @@ def test_fault_is_located_at_its_block(odd_checkpoint, perturb, backend):
     text = out.getvalue()
     marked = [line for line in text.splitlines() if "first failure" in line]
     assert len(marked) == 1 and marked[0].split()[0] == "h.1.mlp" and backend in marked[0]
-    assert text.splitlines()[-1] == f"FAIL: {broken.subject.title} first fails at h.1.mlp " \
-        f"(max abs diff {broken.layers[names.index('h.1.mlp')].max_abs_diff:.3g} > {broken.layers[names.index('h.1.mlp')].tolerance:.3g})"
+    mlp = broken.layers[names.index("h.1.mlp")]
+    assert text.splitlines()[-1] == (f"FAIL: {broken.subject.title} first fails at h.1.mlp "
+                                     f"(max abs diff {mlp.max_abs_diff:.3g} > {mlp.tolerance:.3g})")
     payload = compare.to_json(report)
     assert payload["ok"] is False and payload["backends"][backend]["first_failure"] == "h.1.mlp"
     failing = [(row["backend"], row["name"]) for row in payload["layers"] if not row["ok"]]
