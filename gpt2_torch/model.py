@@ -181,8 +181,10 @@ class GPT(nn.Module):
         def forward(ids, start):
             if start == 0 and use_cache:
                 self.allocate_kv_cache(ids.shape[0])
-            logits = self(torch.from_numpy(ids).to(device), start)  # (B, 1, V)
-            return logits[:, -1, :].float().cpu().numpy()  # (B, V)
+            logits = self(torch.from_numpy(ids).to(device), start)[:, -1, :]  # (B, V)
+            # float64 stays float64, as the NumPy float64 model hands it over; half types (NumPy has no
+            # bfloat16) and float32 reach the sampler as float32.
+            return logits.to(torch.float64 if logits.dtype == torch.float64 else torch.float32).cpu().numpy()
 
         rng = rng if rng is not None else np.random.default_rng()
         try:
