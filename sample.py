@@ -68,7 +68,7 @@ def parse_args(argv=None):
         if args.device != "cpu":
             p.error(f"--device {args.device}: the NumPy backend runs on the CPU only")
         if args.dtype not in ("float32", "float64"):
-            p.error(f"--dtype {args.dtype}: the NumPy backend computes in float32 or float64 (NumPy has no bfloat16)")
+            p.error(f"--dtype {args.dtype}: the NumPy backend computes in float32 or float64 only")
         if args.compile:
             p.error("--compile is for the torch backend")
     return args
@@ -92,11 +92,8 @@ def load_model(args):
         from gpt2_numpy import GPT
 
         return GPT.from_pretrained(args.init_from, dtype=args.dtype)
-    import torch
-
     from gpt2_torch import GPT
 
-    torch.manual_seed(args.seed)
     model = GPT.from_pretrained(args.init_from, device=args.device, dtype=args.dtype)
     if args.compile:
         model.compile(dynamic=True)

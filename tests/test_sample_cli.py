@@ -280,6 +280,12 @@ def test_love_letter_prompt(small_checkpoint, capsys, monkeypatch):
     assert text.startswith(letter) and len(text) > len(letter)
 
 
+def test_any_non_negative_seed_samples(small_checkpoint, capsys):
+    """The seed only seeds NumPy's generator, which takes integers of any size: 2**70 is as good as 1337."""
+    args = ["--init-from", small_checkpoint.path, "--max_new_tokens", 5, "--seed", 2**70]
+    assert len(split_samples(run_main(capsys, *args))) == 1
+
+
 # --- argument parsing in-process -----------------------------------------------------------------------
 
 def test_defaults_are_nanogpts():
