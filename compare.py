@@ -502,7 +502,7 @@ def write_plot(report: Report, path):
     ax.set_title(f"{report.meta.get('source', '')}: every activation against {report.reference.title}", fontsize=10)
     ax.grid(True, which="major", alpha=0.3)
     ax.legend(fontsize=8)
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=120, format="png")  # a PNG at exactly path, whatever its extension
     plt.close(fig)
 
 
@@ -560,6 +560,9 @@ def parse_args(argv=None):
         p.error("--reference transformers needs the transformers package (pip install transformers)")
     if args.plot and importlib.util.find_spec("matplotlib") is None:
         p.error("--plot needs matplotlib (pip install matplotlib)")
+    for option, path in (("--json", args.json), ("--plot", args.plot)):
+        if path and not Path(path).resolve().parent.is_dir():  # say so now, not after a long comparison
+            p.error(f"{option} {path}: no such directory {Path(path).resolve().parent}")
     return args
 
 

@@ -257,9 +257,9 @@ def test_rich_table_lists_every_layer(failing_report, odd_checkpoint):
 
 def test_plot_writes_a_png(failing_report, small_checkpoint, tmp_path, capsys):
     pytest.importorskip("matplotlib")
-    compare.write_plot(failing_report, tmp_path / "fail.png")
+    compare.write_plot(failing_report, tmp_path / "fail.plot")  # a PNG at exactly this path, whatever the extension
     assert compare.main(["--init-from", str(small_checkpoint.path), "--plot", str(tmp_path / "pass.png")]) == 0
-    for name in ("fail.png", "pass.png"):
+    for name in ("fail.plot", "pass.png"):
         data = (tmp_path / name).read_bytes()
         assert data.startswith(b"\x89PNG\r\n\x1a\n") and len(data) > 10_000
 
@@ -273,6 +273,7 @@ def test_plot_writes_a_png(failing_report, small_checkpoint, tmp_path, capsys):
     (["--init-from", "{small}", "--rtol", "tight"], "'tight' is not a number"),
     (["--init-from", "{small}", "--greedy", "2.5"], "'2.5' is not an integer"),
     (["--start", "hi"], "--init-from"),
+    (["--init-from", "{small}", "--json", "no/such/directory/r.json"], "no such directory"),
 ])  # fmt: skip
 def test_bad_input_exits_2_with_one_line(small_checkpoint, args, message):
     args = [a.replace("{small}", str(small_checkpoint.path)) for a in args]
