@@ -17,7 +17,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from threadpoolctl import threadpool_limits
 
 import gpt2_numpy
 import gpt2_torch
@@ -27,15 +26,7 @@ TOLERANCE = {"float32": 2e-4, "float64": 1e-9}  # see the module docstring
 REPO = Path(__file__).resolve().parent.parent
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """These models are tiny: one thread is as fast as two, and unlike two it does not slow down 10-50x when
-    other processes keep the cores busy (OpenBLAS and OpenMP threads spin-wait for each other)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    with threadpool_limits(1):
-        yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.py
 
 
 @functools.cache

@@ -13,7 +13,6 @@ import functools
 import numpy as np
 import pytest
 import torch
-from threadpoolctl import threadpool_limits
 from torch.nn import functional as F
 
 from gpt2_torch import GPT, LayerNorm, resolve_device
@@ -22,15 +21,7 @@ from weights.sampling import sample_next
 TOLERANCE = {"float32": 2e-4, "float64": 1e-9}  # see the module docstring
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """These models are tiny: one thread is as fast as two, and unlike two it does not slow down 10-50x when
-    other processes keep the cores busy (OpenMP and OpenBLAS threads spin-wait for each other)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    with threadpool_limits(1):
-        yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.py
 
 
 @functools.cache
