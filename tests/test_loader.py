@@ -433,12 +433,40 @@ def test_sharded_directory_missing_a_shard(hf_model, tmp_path):
     assert_load_error(directory, shard, "No such file")
 
 
-@pytest.mark.parametrize("damage", ["truncated", "empty"])
-def test_broken_torch_pickles(damage, hf_model, tmp_path):
+@pytest.mark.parametrize("damage, problem", [("truncated", "corrupted or truncated"), ("empty", "not a checkpoint")])
+def test_broken_torch_pickles(damage, problem, hf_model, tmp_path):
+    """Half a zip archive is still torch's (its first bytes say so) and is reported as damaged; an empty file
+    has no first bytes, so it is no checkpoint of any kind."""
     path = write_nanogpt_checkpoint(tmp_path / "ckpt.pt", hf_model.state_dict())
     data = path.read_bytes()
     path.write_bytes({"truncated": data[: len(data) // 2], "empty": b""}[damage])
-    assert_load_error(path, path, "corrupted or truncated")
+    assert_load_error(path, path, problem)
+
+
+NOT_A_CHECKPOINT = "not a checkpoint (expected a Hugging Face directory, a .safetensors file, or a torch checkpoint"
+
+
+@pytest.mark.parametrize("name", ["config.json", "ckpt.pt", "notes.txt"])
+def test_a_file_of_no_checkpoint_format_is_named_so(name, hf_dir, tmp_path):
+    """A config.json given as the checkpoint (or text named ckpt.pt) is neither a zip nor a pickle: it is not
+    handed to torch.load, whose "Unsupported operand 123" would blame a malicious pickle."""
+    path = tmp_path / name
+    path.write_bytes((hf_dir / "config.json").read_bytes())
+    message = assert_load_error(path, path, NOT_A_CHECKPOINT)
+    assert "pickle" not in message
+
+
+@pytest.mark.parametrize("legacy", [False, True], ids=["zip", "legacy-pickle"])
+def test_torch_checkpoints_are_recognised_by_their_first_bytes_not_their_name(legacy, hf_model, expected, tmp_path):
+    """torch.save's zip format (PK\\x03\\x04) and its pre-1.6 pickle stream (0x80) load whatever the file is called."""
+    path = tmp_path / "weights.ckpt"
+    model_args = dict(n_layer=N_LAYER, n_head=N_HEAD, n_embd=N_EMBD, block_size=BLOCK_SIZE, vocab_size=VOCAB_SIZE)
+    checkpoint = {"model": nanogpt_state_dict(hf_model.state_dict()), "model_args": model_args}
+    torch.save(checkpoint, path, _use_new_zipfile_serialization=not legacy)
+    assert path.read_bytes()[:4].startswith(b"\x80" if legacy else b"PK\x03\x04")  # the premise
+    config, params = weights.load(path)
+    assert config == CONFIG
+    assert_same_parameters(params, expected)
 
 
 def test_random_bytes_as_a_torch_pickle(tmp_path):

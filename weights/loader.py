@@ -89,8 +89,11 @@ def load(source: str | os.PathLike) -> tuple[GPTConfig, dict[str, np.ndarray]]:
         config, params = _read_hf_directory(path)
     elif path.suffix == ".safetensors":
         config, params = _read_single_safetensors(path)
-    else:
+    elif _is_torch_file(path):
         config, params = _read_torch_checkpoint(path)
+    else:
+        raise WeightsError(f"{path}: not a checkpoint (expected a Hugging Face directory, a .safetensors file, "
+                           "or a torch checkpoint such as nanoGPT's ckpt.pt)")
     _check(config, params, path)
     return config, params
 
@@ -247,6 +250,19 @@ def _config_from_shapes(params: dict[str, np.ndarray], path: Path) -> GPTConfig:
 
 
 # --- torch pickles: pytorch_model.bin and nanoGPT's ckpt.pt ---------------------------------------
+
+# The first bytes of torch.save's two formats: a zip archive (since torch 1.6), or before that a bare pickle
+# stream, whose protocol 2+ opcode PROTO is 0x80. Anything else (a config.json, a text file) is not torch's.
+_TORCH_SIGNATURES = (b"PK\x03\x04", b"\x80")
+
+
+def _is_torch_file(path: Path) -> bool:
+    try:
+        with open(path, "rb") as f:
+            return f.read(4).startswith(_TORCH_SIGNATURES)
+    except OSError as e:
+        raise WeightsError(f"{path}: cannot read the file ({e.strerror})") from None
+
 
 def _read_torch_checkpoint(path: Path):
     obj = _read_torch_pickle(path, whole=True)
