@@ -9,6 +9,7 @@ The same --seed prints the same text from both backends: they share one sampling
 
 import argparse
 import codecs
+import math
 import sys
 
 import numpy as np
@@ -23,17 +24,20 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
 
-def _number(kind, low, high=None, low_open=False, name=""):
-    """An argparse type: kind (int or float) in [low, high] (or (low, high] with low_open)."""
+def _number(kind, low, high=None, low_open=False):
+    """An argparse type: a finite kind (int or float) in [low, high] (or (low, high] with low_open)."""
 
     def parse(text):
         try:
             value = kind(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"'{text}' is not {'an integer' if kind is int else 'a number'}") from None
-        if value != value or (value <= low if low_open else value < low) or (high is not None and value > high):
+        finite = kind is int or math.isfinite(value)  # inf and nan parse as floats; an int may be too big for one
+        above_low = value > low if low_open else value >= low
+        if not (finite and above_low and (high is None or value <= high)):
+            what = "a finite number " if kind is float else ""
             bounds = f"{'>' if low_open else '>='} {low}" + (f" and <= {high}" if high is not None else "")
-            raise argparse.ArgumentTypeError(f"{text} is out of range: must be {bounds}")
+            raise argparse.ArgumentTypeError(f"{text} is out of range: must be {what}{bounds}")
         return value
 
     parse.__name__ = kind.__name__  # argparse names the type in its messages

@@ -290,10 +290,19 @@ def test_defaults_are_nanogpts():
 
 
 @pytest.mark.parametrize("argv", [["--num_samples", "0"], ["--num_samples", "1.5"], ["--max_new_tokens", "-3"],
-                                  ["--temperature", "nan"], ["--temperature", "x"], ["--top_p", "-0.1"],
+                                  ["--temperature", "nan"], ["--temperature", "inf"], ["--temperature", "-inf"],
+                                  ["--temperature", "x"], ["--top_p", "-0.1"], ["--top_p", "nan"],
                                   ["--top_k", "2.5"], ["--seed", "-1"], ["--backend", "jax"], ["--dtype", "int8"]])
 def test_more_bad_numbers_and_choices_are_one_line(argv, capsys):
     with pytest.raises(SystemExit) as exit_info:
         sample.parse_args(argv)
     err = capsys.readouterr().err
     assert exit_info.value.code != 0 and len(err.strip().splitlines()) == 1 and argv[0] in err
+
+
+def test_an_infinite_temperature_is_refused(capsys):
+    """inf would flatten every distribution to uniform (and nan breaks it): the temperature must be finite."""
+    with pytest.raises(SystemExit) as exit_info:
+        sample.parse_args(["--temperature", "inf"])
+    assert exit_info.value.code == 2
+    assert "--temperature: inf is out of range: must be a finite number >= 0.0" in capsys.readouterr().err
