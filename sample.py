@@ -108,6 +108,16 @@ def main(argv=None):
     args = parse_args(argv)
     text = read_prompt(args.start)
     try:
+        print_samples(args, text)
+    except RuntimeError as e:  # torch's: torch.compile without a C compiler, CUDA out of memory, ...
+        sys.stdout.flush()  # the samples printed so far stay printed, before the error
+        first_line = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise SystemExit(f"sample.py: error: {first_line}")
+
+
+def print_samples(args, text):
+    """Load the model and print args.num_samples continuations of the prompt text."""
+    try:
         model = load_model(args)
         ids = tokenizer.encode(text) or [tokenizer.END_OF_TEXT_ID]
     except (WeightsError, tokenizer.TokenizerError, ValueError) as e:

@@ -179,6 +179,42 @@ def test_a_closed_pipe_stops_quietly(small_checkpoint):
     assert process.wait(timeout=120) != 0 and err == ""
 
 
+def test_a_torch_runtime_error_is_one_line_after_the_samples_already_printed(small_checkpoint, capsys, monkeypatch):
+    """A RuntimeError from torch (here CUDA's out-of-memory, a subclass, raised while drawing the second sample)
+    ends sample.py with the message's first line, not a traceback; the first sample stays printed."""
+    import gpt2_torch
+
+    generate_tokens = gpt2_torch.GPT.generate_tokens
+    calls = []
+
+    def out_of_memory_on_the_second_sample(self, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB\nadvice on a second line")
+        yield from generate_tokens(self, *args, **kwargs)
+
+    monkeypatch.setattr(gpt2_torch.GPT, "generate_tokens", out_of_memory_on_the_second_sample)
+    args = ["--init-from", small_checkpoint.path, "--num_samples", 3, "--max_new_tokens", 5, "--start", "Hi"]
+    with pytest.raises(SystemExit) as exit_info:
+        run_main(capsys, *args)
+    assert exit_info.value.code == "sample.py: error: CUDA out of memory. Tried to allocate 2.00 GiB"  # exit 1
+    [first] = split_samples(capsys.readouterr().out)
+    assert first.startswith("Hi") and len(first) > 2
+
+
+def test_a_runtime_error_while_loading_is_one_line(small_checkpoint, capsys, monkeypatch):
+    import gpt2_torch
+
+    def fails(*args, **kwargs):
+        raise RuntimeError("\nInvalidCxxCompiler: No working C++ compiler found\n(the rest of the page)")
+
+    monkeypatch.setattr(gpt2_torch.GPT, "from_pretrained", fails)
+    with pytest.raises(SystemExit) as exit_info:
+        run_main(capsys, "--init-from", small_checkpoint.path)
+    assert exit_info.value.code == "sample.py: error: InvalidCxxCompiler: No working C++ compiler found"
+    assert capsys.readouterr().out == ""
+
+
 # --- the same text from both backends ------------------------------------------------------------------
 
 @pytest.mark.parametrize("name", ["small", "odd"])
