@@ -55,7 +55,7 @@ from pathlib import Path
 import numpy as np
 
 import gpt2_numpy
-from weights import WeightsError, tokenizer
+from weights import WeightsError, cli, tokenizer
 
 DEFAULT_PROMPT = "Hello, I'm a language model, and I compute the same function in PyTorch as in NumPy."
 DTYPES = ("float32", "float64", "bfloat16")
@@ -508,34 +508,15 @@ def write_plot(report: Report, path):
 
 # --- command line -----------------------------------------------------------------------------------
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):  # one line, not argparse's usage block
-        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
-
-
-def _non_negative(kind):
-    def parse(text):
-        try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"'{text}' is not {'an integer' if kind is int else 'a number'}") from None
-        if not value >= 0 or value == math.inf:
-            raise argparse.ArgumentTypeError(f"{text} is out of range: must be a finite number >= 0")
-        return value
-
-    parse.__name__ = kind.__name__  # argparse names the type in its messages
-    return parse
-
-
 def _tolerance_help():
     return "; ".join(f"{d}: atol {a:g}, rtol {r:g}" for d, (a, r) in TOLERANCES.items())
 
 
 def parse_args(argv=None):
-    p = _Parser(prog="compare.py", formatter_class=argparse.RawDescriptionHelpFormatter,
-                description="Compare the torch and NumPy backends with a float64 reference, activation by activation.",
-                epilog=f"An activation passes when {CRITERION}.\nDefault tolerances by dtype: {_tolerance_help()}.\n"
-                       "Exit status: 0 all pass, 1 something fails, 2 usage or loading error.")  # fmt: skip
+    p = cli.Parser(prog="compare.py", formatter_class=argparse.RawDescriptionHelpFormatter,
+                   description="Compare the torch and NumPy backends with a float64 reference, activation by activation.",
+                   epilog=f"An activation passes when {CRITERION}.\nDefault tolerances by dtype: {_tolerance_help()}.\n"
+                          "Exit status: 0 all pass, 1 something fails, 2 usage or loading error.")  # fmt: skip
     p.add_argument("--init-from", "--init_from", dest="init_from", required=True,
                    help="gpt2, gpt2-medium, gpt2-large, gpt2-xl, distilgpt2 (Hugging Face hub, cached), or the path "
                         "of a Hugging Face directory, a .safetensors file or a nanoGPT ckpt.pt")
@@ -548,10 +529,10 @@ def parse_args(argv=None):
     p.add_argument("--reference", choices=REFERENCES, default="numpy-float64",
                    help="numpy-float64, torch (the torch backend in float64) or transformers (GPT2LMHeadModel in "
                         "float64, needs transformers) (default: numpy-float64)")
-    p.add_argument("--atol", type=_non_negative(float), help="absolute tolerance (default: by dtype, below)")
-    p.add_argument("--rtol", type=_non_negative(float),
+    p.add_argument("--atol", type=cli.number(float, 0), help="absolute tolerance (default: by dtype, below)")
+    p.add_argument("--rtol", type=cli.number(float, 0),
                    help="tolerance per unit of max |reference| (default: by dtype, below)")
-    p.add_argument("--greedy", type=_non_negative(int), default=0, metavar="N",
+    p.add_argument("--greedy", type=cli.number(int, 0), default=0, metavar="N",
                    help="also decode N greedy tokens with every model and report where they first disagree")
     p.add_argument("--json", metavar="PATH", help="write the report as JSON")
     p.add_argument("--plot", metavar="PATH", help="write a PNG of the error per activation (needs matplotlib)")
@@ -571,32 +552,22 @@ def fail(message):
     raise SystemExit(2)
 
 
-def read_prompt(start: str) -> str:
-    if not start.startswith("FILE:"):
-        return start
-    path = start[len("FILE:"):]
-    try:
-        return Path(path).read_text(encoding="utf-8")
-    except OSError as e:
-        fail(f"cannot read the prompt file {path}: {e.strerror}")
-    except UnicodeDecodeError:
-        fail(f"the prompt file {path} is not UTF-8 text")
-
-
 def prompt_ids(text, config) -> np.ndarray:
-    ids = tokenizer.encode(text) or [tokenizer.END_OF_TEXT_ID]
-    if max(ids) >= config.vocab_size:
-        fail(f"the prompt has token id {max(ids)}, but this model's vocabulary has {config.vocab_size} tokens")
-    if len(ids) > config.block_size:
-        print(f"compare.py: the prompt has {len(ids)} tokens; keeping the last {config.block_size} (block_size)",
-              file=sys.stderr)
-        ids = ids[-config.block_size:]
+    try:
+        ids, note = tokenizer.encode_prompt(text, config.vocab_size, config.block_size)
+    except tokenizer.TokenizerError as e:
+        fail(e)
+    if note:  # the prompt was cropped to block_size
+        print(f"compare.py: {note}", file=sys.stderr)
     return np.array([ids])  # (1, T)
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    text = read_prompt(args.start)
+    try:
+        text = cli.read_prompt(args.start)
+    except ValueError as e:
+        fail(e)
     try:
         subjects, reference = load_subjects(args.init_from, args.dtype, args.device, args.reference)
     except (WeightsError, tokenizer.TokenizerError, ValueError, OSError) as e:

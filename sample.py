@@ -7,61 +7,35 @@ nanoGPT's sample.py options and defaults, plus --init-from, --backend, --dtype, 
 The same --seed prints the same text from both backends: they share one sampling algorithm.
 """
 
-import argparse
 import codecs
-import math
 import sys
 
 import numpy as np
 
-from weights import WeightsError, tokenizer
+from weights import WeightsError, cli, tokenizer
 
 SEPARATOR = "---------------"
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):  # one line, not argparse's usage block
-        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
-
-
-def _number(kind, low, high=None, low_open=False):
-    """An argparse type: a finite kind (int or float) in [low, high] (or (low, high] with low_open)."""
-
-    def parse(text):
-        try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"'{text}' is not {'an integer' if kind is int else 'a number'}") from None
-        finite = kind is int or math.isfinite(value)  # inf and nan parse as floats; an int may be too big for one
-        above_low = value > low if low_open else value >= low
-        if not (finite and above_low and (high is None or value <= high)):
-            what = "a finite number " if kind is float else ""
-            bounds = f"{'>' if low_open else '>='} {low}" + (f" and <= {high}" if high is not None else "")
-            raise argparse.ArgumentTypeError(f"{text} is out of range: must be {what}{bounds}")
-        return value
-
-    parse.__name__ = kind.__name__  # argparse names the type in its messages
-    return parse
-
-
 def parse_args(argv=None):
-    p = _Parser(prog="sample.py", description="Sample text from GPT-2 with the PyTorch or the NumPy backend.")
+    p = cli.Parser(prog="sample.py", description="Sample text from GPT-2 with the PyTorch or the NumPy backend.")
     p.add_argument("--init-from", "--init_from", dest="init_from", default="gpt2",
                    help="gpt2, gpt2-medium, gpt2-large, gpt2-xl, distilgpt2 (Hugging Face hub, cached), or the path "
                         "of a Hugging Face directory, a .safetensors file or a nanoGPT ckpt.pt (default: gpt2)")
     p.add_argument("--start", default="\n",
                    help='the prompt; FILE:path reads it from a file; <|endoftext|> is allowed; an empty prompt starts '
                         'from <|endoftext|> (default: "\\n")')
-    p.add_argument("--num_samples", "--num-samples", type=_number(int, 1), default=1, help="samples to draw (default: 1)")
-    p.add_argument("--max_new_tokens", "--max-new-tokens", type=_number(int, 0), default=100,
+    p.add_argument("--num_samples", "--num-samples", type=cli.number(int, 1), default=1,
+                   help="samples to draw (default: 1)")
+    p.add_argument("--max_new_tokens", "--max-new-tokens", type=cli.number(int, 0), default=100,
                    help="tokens generated per sample (default: 100)")
-    p.add_argument("--temperature", type=_number(float, 0.0), default=0.8,
+    p.add_argument("--temperature", type=cli.number(float, 0.0), default=0.8,
                    help="1.0 samples the model's distribution, lower is more conservative, 0 is greedy (default: 0.8)")
-    p.add_argument("--top_k", "--top-k", type=_number(int, 0), default=200,
+    p.add_argument("--top_k", "--top-k", type=cli.number(int, 0), default=200,
                    help="sample only from the k most likely tokens; 0 disables (default: 200)")
-    p.add_argument("--top_p", "--top-p", type=_number(float, 0.0, 1.0, low_open=True), default=None,
+    p.add_argument("--top_p", "--top-p", type=cli.number(float, 0.0, 1.0, low_open=True), default=None,
                    help="sample only from the smallest set of tokens whose probability reaches p (default: off)")
-    p.add_argument("--seed", type=_number(int, 0), default=1337, help="random seed (default: 1337)")
+    p.add_argument("--seed", type=cli.number(int, 0), default=1337, help="random seed (default: 1337)")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or mps; the NumPy backend is cpu only (default: cpu)")
     p.add_argument("--backend", choices=("torch", "numpy"), default="torch", help="the implementation (default: torch)")
     p.add_argument("--dtype", choices=("float32", "float64", "bfloat16", "float16"), default="float32",
@@ -76,19 +50,6 @@ def parse_args(argv=None):
         if args.compile:
             p.error("--compile is for the torch backend")
     return args
-
-
-def read_prompt(start: str) -> str:
-    if not start.startswith("FILE:"):
-        return start
-    path = start[len("FILE:"):]
-    try:
-        with open(path, encoding="utf-8") as f:
-            return f.read()
-    except OSError as e:
-        raise SystemExit(f"sample.py: error: cannot read the prompt file {path}: {e.strerror}")
-    except UnicodeDecodeError:
-        raise SystemExit(f"sample.py: error: the prompt file {path} is not UTF-8 text")
 
 
 def load_model(args):
@@ -106,7 +67,10 @@ def load_model(args):
 
 def main(argv=None):
     args = parse_args(argv)
-    text = read_prompt(args.start)
+    try:
+        text = cli.read_prompt(args.start)
+    except ValueError as e:
+        raise SystemExit(f"sample.py: error: {e}")
     try:
         print_samples(args, text)
     except RuntimeError as e:  # torch's: torch.compile without a C compiler, CUDA out of memory, ...
@@ -119,15 +83,11 @@ def print_samples(args, text):
     """Load the model and print args.num_samples continuations of the prompt text."""
     try:
         model = load_model(args)
-        ids = tokenizer.encode(text) or [tokenizer.END_OF_TEXT_ID]
+        ids, note = tokenizer.encode_prompt(text, model.config.vocab_size, model.config.block_size)
     except (WeightsError, tokenizer.TokenizerError, ValueError) as e:
         raise SystemExit(f"sample.py: error: {e}")
-    block_size, vocab_size = model.config.block_size, model.config.vocab_size
-    if max(ids) >= vocab_size:
-        raise SystemExit(f"sample.py: error: the prompt has token id {max(ids)}, but this model's vocabulary has {vocab_size} tokens")
-    if len(ids) > block_size:
-        print(f"sample.py: the prompt has {len(ids)} tokens; keeping the last {block_size} (block_size)", file=sys.stderr)
-        ids = ids[-block_size:]
+    if note:  # the prompt was cropped to block_size
+        print(f"sample.py: {note}", file=sys.stderr)
 
     rng = np.random.default_rng(args.seed)  # one generator for all samples, as nanoGPT seeds torch once
     stream = sys.stdout.isatty()

@@ -159,3 +159,25 @@ def test_a_missing_rank_file_is_refused(tmp_path):
         get_encoding(tmp_path / "absent.tiktoken")
     message = str(info.value)
     assert str(tmp_path / "absent.tiktoken") in message and "cannot read" in message, message
+
+
+# --- encode_prompt: what both CLIs feed a model ------------------------------------------------------
+
+def test_encode_prompt_for_a_model():
+    """Ids from KNOWN_IDS: "" starts from <|endoftext|>, a prompt within block_size is kept whole."""
+    assert tokenizer.encode_prompt("", vocab_size=50257, block_size=8) == ([50256], None)
+    assert tokenizer.encode_prompt("Hello, my name is", 50304, 5) == ([15496, 11, 616, 1438, 318], None)
+
+
+def test_encode_prompt_keeps_the_last_block_size_tokens_and_says_so():
+    ids, note = tokenizer.encode_prompt("Hello, my name is", 50257, block_size=3)
+    assert ids == [616, 1438, 318]
+    assert note == "the prompt has 5 tokens; keeping the last 3 (block_size)"
+
+
+def test_encode_prompt_refuses_ids_outside_the_models_vocabulary():
+    """"Hello" is 15496: a model with 15496 tokens cannot read it, one with 15497 can."""
+    message = "the prompt has token id 15496, but this model's vocabulary has 15496 tokens"
+    with pytest.raises(TokenizerError, match=message):
+        tokenizer.encode_prompt("Hello", vocab_size=15496, block_size=8)
+    assert tokenizer.encode_prompt("Hello", vocab_size=15497, block_size=8) == ([15496], None)

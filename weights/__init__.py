@@ -4,6 +4,7 @@
 - loader.py     load(source) -> (GPTConfig, {canonical name: NumPy array}); the canonical names live there
 - hub.py        model names -> the Hugging Face hub cache
 - tokenizer.py  GPT-2's BPE (tiktoken), from the rank file shipped here
+- cli.py        what sample.py and compare.py share on the command line
 - sampling.py   the next-token draw and the decoding loop
 """
 

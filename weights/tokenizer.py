@@ -47,6 +47,18 @@ def encode(text: str) -> list[int]:
     return get_encoding().encode(text, allowed_special="all")
 
 
+def encode_prompt(text: str, vocab_size: int, block_size: int) -> tuple[list[int], str | None]:
+    """A prompt's ids for a model: an empty prompt is <|endoftext|>, and one longer than block_size keeps its
+    last block_size tokens. Returns (ids, a note saying it was cropped, or None). Raises TokenizerError when
+    a token id is outside the model's vocabulary (one trained on fewer tokens than GPT-2's)."""
+    ids = encode(text) or [END_OF_TEXT_ID]
+    if max(ids) >= vocab_size:
+        raise TokenizerError(f"the prompt has token id {max(ids)}, but this model's vocabulary has {vocab_size} tokens")
+    if len(ids) <= block_size:
+        return ids, None
+    return ids[-block_size:], f"the prompt has {len(ids)} tokens; keeping the last {block_size} (block_size)"
+
+
 def decode(ids) -> str:
     return decode_bytes(ids).decode("utf-8", errors="replace")
 
