@@ -5,6 +5,7 @@ Parameter names are those of the GPT-2 checkpoint (see weights/loader.py), so we
 """
 
 import math
+import warnings
 from collections import OrderedDict
 
 import numpy as np
@@ -21,6 +22,14 @@ from .device import resolve_device
 DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
+def own_copy(tensor, device, dtype, transposed=False):
+    """A copy of tensor (R, C) on device in dtype, in one pass; transposed: stored as a (C, R)-contiguous
+    array and returned as its (R, C) view, the same tensor with the other memory layout."""
+    if transposed:
+        return own_copy(tensor.t(), device, dtype).t()
+    return tensor.to(device=device, dtype=dtype, memory_format=torch.contiguous_format, copy=True)
+
+
 class LayerNorm(nn.Module):
     """LayerNorm with an optional bias (PyTorch's has none to switch off), written out rather than F.layer_norm."""
 
@@ -33,11 +42,11 @@ class LayerNorm(nn.Module):
     def forward(self, x):
         # Half-precision inputs are normalised in float32: their mean and variance need the mantissa.
         xf = x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
-        mean = xf.mean(-1, keepdim=True)  # (B, T, 1)
-        var = (xf - mean).pow(2).mean(-1, keepdim=True)  # (B, T, 1) biased variance, as in the paper
-        y = ((xf - mean) * torch.rsqrt(var + self.eps)).to(x.dtype)  # (B, T, C) zero mean, unit variance
-        y = y * self.weight
-        return y + self.bias if self.bias is not None else y
+        centred = xf - xf.mean(-1, keepdim=True)  # (B, T, C)
+        var = (centred * centred).mean(-1, keepdim=True)  # (B, T, 1) biased variance, as in the paper
+        y = (centred * torch.rsqrt(var + self.eps)).to(x.dtype)  # (B, T, C) zero mean, unit variance
+        # y * weight + bias in one pass: each pass over a long prompt's (B, T, C) costs a fresh array.
+        return torch.addcmul(self.bias, y, self.weight) if self.bias is not None else y * self.weight
 
 
 class CausalSelfAttention(nn.Module):
@@ -172,7 +181,7 @@ class GPT(nn.Module):
         out = np.concatenate([prompt, *steps], axis=1)  # (B, T + max_new_tokens)
         return torch.as_tensor(out, device=idx.device) if torch.is_tensor(idx) else out
 
-    @torch.no_grad()
+    @torch.inference_mode()  # no_grad, and no version counters on the new tensors either: less work per step
     def generate_tokens(self, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None, rng=None, use_cache=True):
         """Yield the new token ids (B,) one step at a time; the sampling is weights.sampling's, shared with NumPy."""
         idx = np.asarray(idx.cpu() if torch.is_tensor(idx) else idx, dtype=np.int64)  # (B, T)
@@ -210,11 +219,20 @@ class GPT(nn.Module):
         torch_dtype = DTYPES[dtype]
         with torch.device("meta"):  # no random initialisation: every parameter is assigned below
             model = cls(config)
+        # Decoding multiplies each matrix by one vector: a pass over the matrix in memory, so its memory layout
+        # sets the speed. nn.Linear's weight is (out, in) whatever its strides, and measured (BENCHMARKS.md),
+        # MKL's float32 and float64 products read the canonical (in, out) layout faster (so (C, vocab_size)
+        # for wte, the lm_head), while oneDNN's half-precision ones prefer nn.Linear's own (out, in).
+        in_out = torch_dtype in (torch.float32, torch.float64)
         state = {}
-        for name, array in params.items():
-            if name.endswith(weights.loader.MATRICES):
-                array = array.T  # canonical (in, out) -> nn.Linear's (out, in)
-            state[name] = torch.from_numpy(np.array(array, order="C")).to(device=device, dtype=torch_dtype)  # own copy
+        with warnings.catch_warnings():  # from_numpy warns that the memory-mapped arrays are read-only: only read here
+            warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+            for name, array in params.items():
+                tensor = torch.from_numpy(array)  # a view of the loader's array, no copy
+                if name.endswith(weights.loader.MATRICES):
+                    tensor = tensor.t()  # canonical (in, out) -> nn.Linear's (out, in)
+                transposed = in_out and (name.endswith(weights.loader.MATRICES) or name == "wte.weight")
+                state[name] = own_copy(tensor, device, torch_dtype, transposed)
         state["lm_head.weight"] = state["wte.weight"]
         model.load_state_dict(state, assign=True, strict=True)
         model.lm_head.weight = model.wte.weight  # assign=True replaced the tied parameter: tie it again
