@@ -10,6 +10,11 @@ files. Every activation of the trace (embed; per block ln_1, attn, ln_2, mlp and
 h.{i}; ln_f; logits) is compared with the reference's, and the first one out of tolerance is marked:
 a bug shows where it happens, not layers later in the logits.
 
+With --reference transformers the table has a third column, "numpy float64": the NumPy backend in
+float64 against transformers, judged by the float64 tolerances. So one run shows both that the backends
+agree in --dtype and that our implementation in (nearly) exact arithmetic is transformers' to ~1e-14.
+With --dtype float64 the NumPy column is that check already, and there is no third.
+
 An activation passes when
 
     max |backend - reference|  <=  atol + rtol * max |reference|
@@ -109,6 +114,10 @@ class Subject:
     label: str  # torch, numpy, transformers
     dtype: str  # what it computes in
     model: object  # has .config, trace(idx) -> OrderedDict, generate(idx, n, temperature=0) -> (B, T + n)
+    name: str = ""  # its key in the JSON and the plot, unique among the columns: the label unless given
+
+    def __post_init__(self):
+        self.name = self.name or self.label
 
     @property
     def title(self):
@@ -208,19 +217,23 @@ class TransformersGPT:
 
 def load_subjects(source, dtype, device, reference) -> tuple[list[Subject], Subject]:
     """The torch and NumPy backends in dtype (NumPy: float32 for bfloat16), and the float64 reference on the CPU.
+    Against transformers, the NumPy backend in float64 too, unless dtype is float64 already.
 
     The NumPy models load first: a missing or broken checkpoint is reported before torch is even imported."""
     numpy_dtype = dtype if dtype in gpt2_numpy.DTYPES else "float32"  # NumPy has no bfloat16
     numpy_model = gpt2_numpy.GPT.from_pretrained(source, dtype=numpy_dtype)
-    numpy_reference = gpt2_numpy.GPT.from_pretrained(source, dtype="float64") if reference == "numpy-float64" else None
+    wants_float64 = reference == "numpy-float64" or (reference == "transformers" and numpy_dtype != "float64")
+    numpy_float64 = gpt2_numpy.GPT.from_pretrained(source, dtype="float64") if wants_float64 else None
     import gpt2_torch
 
     subjects = [Subject("torch", dtype, gpt2_torch.GPT.from_pretrained(source, device=device, dtype=dtype)),
                 Subject("numpy", numpy_dtype, numpy_model)]
     if reference == "numpy-float64":
-        return subjects, Subject("numpy", "float64", numpy_reference)
+        return subjects, Subject("numpy", "float64", numpy_float64)
     if reference == "torch":
         return subjects, Subject("torch", "float64", gpt2_torch.GPT.from_pretrained(source, dtype="float64"))
+    if numpy_float64 is not None:  # our arithmetic, nearly exact, against an independent implementation's
+        subjects.append(Subject("numpy", "float64", numpy_float64, name="numpy-float64"))
     return subjects, Subject("transformers", "float64", TransformersGPT(source, numpy_model.config))
 
 
@@ -327,7 +340,7 @@ def header_lines(report: Report) -> list[str]:
     for c in report.columns:
         s = c.subject
         where = f" on {meta['device']}" if s.label == "torch" and "device" in meta else ""
-        note = " (NumPy has no bfloat16)" if s.label == "numpy" and meta.get("dtype") == "bfloat16" else ""
+        note = " (NumPy has no bfloat16)" if s.name == "numpy" and meta.get("dtype") == "bfloat16" else ""
         lines.append(f"under test: {s.title}{where}{note}: pass if {CRITERION}, "
                      f"atol={c.atol:g} rtol={c.rtol:g}")
     return lines
@@ -344,7 +357,7 @@ def table_rows(report: Report) -> tuple[list[str], list[str], list[list[str]]]:
     firsts = {}  # activation -> the backends that first fail there
     for c in report.columns:
         if c.first_failure is not None:
-            firsts.setdefault(c.first_failure, []).append(c.subject.label)
+            firsts.setdefault(c.first_failure, []).append(c.subject.name)
     rows = []
     for i, name in enumerate(d.name for d in report.columns[0].layers):
         row = [name, "x".join(map(str, report.columns[0].layers[i].shape))]
@@ -384,7 +397,8 @@ def verdict(report: Report) -> str:
                          f"{c.greedy.first_mismatch}")
     if parts:
         return "FAIL: " + "; ".join(parts)
-    backends = " and ".join(c.subject.title for c in report.columns)
+    titles = [c.subject.title for c in report.columns]
+    backends = f"{', '.join(titles[:-1])} and {titles[-1]}" if len(titles) > 1 else titles[0]
     return f"PASS: {backends} agree with {report.reference.title} at all {len(report.columns[0].layers)} activations"
 
 
@@ -439,31 +453,40 @@ def plain_table(groups, headers, rows) -> list[str]:
     return lines
 
 
-def _number_or_null(x):
-    return x if math.isfinite(x) else None  # JSON has no NaN or infinity
+def _nulls_for_non_finite(value):
+    """value with every NaN or infinity (a failed metric, a NaN logit's margin) as None: JSON has neither."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {key: _nulls_for_non_finite(v) for key, v in value.items()}
+    if isinstance(value, list):
+        return [_nulls_for_non_finite(v) for v in value]
+    return value
 
 
 def to_json(report: Report) -> dict:
     """The report as JSON: "layers" has one row per backend and activation (trace order within each backend),
-    "backends" a summary per backend, "greedy" the decodes (null without --greedy)."""
+    "backends" a summary per backend, "greedy" the decodes (null without --greedy). A backend is named by its
+    Subject.name: torch, numpy, and numpy-float64 for the third column against transformers. NaN and
+    infinities are written as null."""
     layers, backends = [], {}
     for c in report.columns:
         s = c.subject
-        backends[s.label] = {"dtype": s.dtype, "atol": c.atol, "rtol": c.rtol, "ok": c.ok,
-                             "first_failure": c.first_failure}
+        backends[s.name] = {"dtype": s.dtype, "atol": c.atol, "rtol": c.rtol, "ok": c.ok,
+                            "first_failure": c.first_failure}
         for d in c.layers:
-            metrics = {key: _number_or_null(getattr(d, key))
-                       for key in ("max_abs_diff", "max_rel_diff", "cosine", "tolerance")}
-            layers.append({"backend": s.label, "name": d.name, "shape": list(d.shape), **metrics, "ok": d.ok})
+            metrics = {key: getattr(d, key) for key in ("max_abs_diff", "max_rel_diff", "cosine", "tolerance")}
+            layers.append({"backend": s.name, "name": d.name, "shape": list(d.shape), **metrics, "ok": d.ok})
     greedy = None
     if report.reference_tokens is not None:
         greedy = {"n": len(report.reference_tokens), "reference": report.reference_tokens,
                   "ok": all(c.greedy.ok for c in report.columns),
-                  "backends": {c.subject.label: {**vars(c.greedy), "ok": c.greedy.ok} for c in report.columns}}
+                  "backends": {c.subject.name: {**vars(c.greedy), "ok": c.greedy.ok} for c in report.columns}}
     meta = report.meta
-    return {"ok": report.ok, "reference": report.reference.title.replace(" ", "-"), "dtype": meta.get("dtype"),
-            "source": meta.get("source"), "device": meta.get("device"), "criterion": CRITERION,
-            "prompt": report.idx[0].tolist(), "backends": backends, "layers": layers, "greedy": greedy}
+    return _nulls_for_non_finite({
+        "ok": report.ok, "reference": report.reference.title.replace(" ", "-"), "dtype": meta.get("dtype"),
+        "source": meta.get("source"), "device": meta.get("device"), "criterion": CRITERION,
+        "prompt": report.idx[0].tolist(), "backends": backends, "layers": layers, "greedy": greedy})
 
 
 def write_plot(report: Report, path):
@@ -476,10 +499,10 @@ def write_plot(report: Report, path):
 
     names = [d.name for d in report.columns[0].layers]
     x = np.arange(len(names))
-    colors = dict(zip((c.subject.label for c in report.columns), ("tab:blue", "tab:orange", "tab:green")))
+    colors = dict(zip((c.subject.name for c in report.columns), ("tab:blue", "tab:orange", "tab:green")))
     fig, ax = plt.subplots(figsize=(max(8, 0.2 * len(names)), 5), layout="constrained")
     for c in report.columns:
-        ax.plot(x, [d.max_abs_diff for d in c.layers], marker=".", color=colors[c.subject.label],
+        ax.plot(x, [d.max_abs_diff for d in c.layers], marker=".", color=colors[c.subject.name],
                 label=f"{c.subject.title} vs {report.reference.title}")
         if c.first_failure is not None:
             d = c.layers[names.index(c.first_failure)]
@@ -490,8 +513,8 @@ def write_plot(report: Report, path):
     for c in report.columns:
         tolerances.setdefault((c.atol, c.rtol), []).append(c)
     for (atol, rtol), columns in tolerances.items():
-        color = "black" if len(tolerances) == 1 else colors[columns[0].subject.label]
-        who = ", ".join(c.subject.label for c in columns)
+        color = "black" if len(tolerances) == 1 else colors[columns[0].subject.name]
+        who = ", ".join(c.subject.title for c in columns)
         ax.plot(x, [d.tolerance for d in columns[0].layers], linestyle="--", color=color,
                 label=f"tolerance: atol {atol:g} + rtol {rtol:g} x max|reference| ({who})")
     ax.set_yscale("log", nonpositive="mask")  # exact zeros (a backend against itself) are left out
@@ -514,7 +537,8 @@ def _tolerance_help():
 
 def parse_args(argv=None):
     p = cli.Parser(prog="compare.py", formatter_class=argparse.RawDescriptionHelpFormatter,
-                   description="Compare the torch and NumPy backends with a float64 reference, activation by activation.",
+                   description="Compare the torch and NumPy backends with a float64 reference, activation by "
+                               "activation.",
                    epilog=f"An activation passes when {CRITERION}.\nDefault tolerances by dtype: {_tolerance_help()}.\n"
                           "Exit status: 0 all pass, 1 something fails, 2 usage or loading error.")  # fmt: skip
     p.add_argument("--init-from", "--init_from", dest="init_from", required=True,
@@ -528,7 +552,8 @@ def parse_args(argv=None):
                    help="the backends' dtype; NumPy, having no bfloat16, computes in float32 then (default: float32)")
     p.add_argument("--reference", choices=REFERENCES, default="numpy-float64",
                    help="numpy-float64, torch (the torch backend in float64) or transformers (GPT2LMHeadModel in "
-                        "float64, needs transformers) (default: numpy-float64)")
+                        "float64, needs transformers; adds a third column, the NumPy backend in float64 against it "
+                        "with the float64 tolerances) (default: numpy-float64)")
     p.add_argument("--atol", type=cli.number(float, 0), help="absolute tolerance (default: by dtype, below)")
     p.add_argument("--rtol", type=cli.number(float, 0),
                    help="tolerance per unit of max |reference| (default: by dtype, below)")

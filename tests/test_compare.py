@@ -20,6 +20,8 @@ from compare import Subject
 
 REPO = Path(__file__).resolve().parent.parent
 REFERENCE_NAMES = {"numpy-float64": "numpy-float64", "torch": "torch-float64", "transformers": "transformers-float64"}
+# The numpy-float64 column: the NumPy backend in float64 against transformers, when --dtype is not float64 already.
+THIRD_COLUMN = "numpy-float64"
 
 
 def trace_names(n_layer):
@@ -42,33 +44,46 @@ def table_order(stdout, names):
                                               ("transformers", "float32"), ("transformers", "float64"),
                                               ("numpy-float64", "bfloat16")])
 def test_every_layer_agrees(small_checkpoint, tmp_path, capsys, reference, dtype):
+    """Every activation in the table (a row with max abs, max rel, cosine and ok for each column) and in the
+    JSON, all passing. Against transformers, unless --dtype is float64, a third column: numpy float64."""
     out = tmp_path / "report.json"
     code = compare.main(["--init-from", str(small_checkpoint.path), "--reference", reference, "--dtype", dtype,
                          "--json", str(out)])
     stdout = capsys.readouterr().out
     assert code == 0, stdout
+    backends = ["torch", "numpy"] + ([THIRD_COLUMN] if reference == "transformers" and dtype != "float64" else [])
     names = trace_names(small_checkpoint.n_layer)
     rows = table_order(stdout, names)
     assert None not in rows and rows == sorted(rows), stdout  # every activation, in trace order
+    lines = stdout.splitlines()
+    assert all(len(lines[i].split()) == 2 + 4 * len(backends) for i in rows), stdout  # name, shape, 4 per column
+    numpy_dtype = "float32" if dtype == "bfloat16" else dtype  # NumPy has no bfloat16
+    titles = {"torch": f"torch {dtype}", "numpy": f"numpy {numpy_dtype}", THIRD_COLUMN: "numpy float64"}
+    assert lines[rows[0] - 2].split() == " ".join(titles[b] for b in backends).split()  # the group header
     assert stdout.strip().splitlines()[-1].startswith("PASS")
     report = json.loads(out.read_text())
     assert report["ok"] is True and report["dtype"] == dtype
     assert report["reference"] == REFERENCE_NAMES[reference]
+    assert list(report["backends"]) == backends
     assert report["backends"]["torch"]["dtype"] == dtype
-    assert report["backends"]["numpy"]["dtype"] == ("float32" if dtype == "bfloat16" else dtype)  # no bfloat16
-    for backend in ("torch", "numpy"):
+    assert report["backends"]["numpy"]["dtype"] == numpy_dtype
+    for backend in backends:
         layers = [layer for layer in report["layers"] if layer["backend"] == backend]
         assert [layer["name"] for layer in layers] == names
         assert all(layer["ok"] for layer in layers)
         assert report["backends"][backend]["first_failure"] is None
+    if THIRD_COLUMN in backends:  # judged by the float64 tolerances, whatever --dtype is
+        assert report["backends"][THIRD_COLUMN]["dtype"] == "float64"
+        assert (report["backends"][THIRD_COLUMN]["atol"], report["backends"][THIRD_COLUMN]["rtol"]) == (1e-12, 1e-12)
     T = len(report["prompt"])
     logits = report["layers"][-1]
     assert logits["name"] == "logits" and logits["shape"] == [1, T, small_checkpoint.vocab_size]
     assert set(logits) >= {"name", "shape", "max_abs_diff", "max_rel_diff", "cosine", "ok"}
     # float64 against transformers: the two implementations agree to rounding (measured ~2e-15 relative);
     # 1e-12 is the float64 default, so a mis-mapped hidden state (off by a whole layer) could not pass.
-    if dtype == "float64":
-        assert max(layer["max_rel_diff"] for layer in report["layers"]) < 1e-12
+    float64_rows = [layer for layer in report["layers"] if report["backends"][layer["backend"]]["dtype"] == "float64"]
+    assert float64_rows or dtype != "float64"
+    assert all(layer["max_rel_diff"] < 1e-12 for layer in float64_rows)
 
 
 def test_cli_exit_code_and_table(odd_checkpoint, tmp_path):
@@ -150,6 +165,23 @@ def test_fault_is_located_at_its_block(odd_checkpoint, perturb, backend):
     assert failing[0] == (backend, "h.1.mlp") and {b for b, _ in failing} == {backend}
 
 
+def test_the_numpy_float64_column_locates_a_fault_too(odd_checkpoint):
+    """Against transformers, the numpy float64 column is judged by the float64 tolerance (1e-12): block 1's
+    c_fc weight scaled by 1 + 1e-8 (far below float32's rounding, ~1e-7) fails there first, at h.1.mlp."""
+    subjects, reference = compare.load_subjects(str(odd_checkpoint.path), "float32", "cpu", "transformers")
+    assert [s.name for s in subjects] == ["torch", "numpy", THIRD_COLUMN]
+    fc = subjects[2].model.h[1].mlp.c_fc
+    fc.weight = fc.weight * (1 + 1e-8)  # a new float64 array (the loaded one may be a read-only memory map)
+    report = compare.compare(subjects, reference, np.array([compare.tokenizer.encode(compare.DEFAULT_PROMPT)]))
+    columns = {c.subject.name: c for c in report.columns}
+    assert columns[THIRD_COLUMN].first_failure == "h.1.mlp" and not report.ok
+    assert columns["torch"].ok and columns["numpy"].ok
+    assert compare.verdict(report).startswith("FAIL: numpy float64 first fails at h.1.mlp")
+    payload = compare.to_json(report)
+    assert payload["backends"][THIRD_COLUMN]["first_failure"] == "h.1.mlp"
+    assert {row["backend"] for row in payload["layers"] if not row["ok"]} == {THIRD_COLUMN}
+
+
 def test_perturbed_cli_exits_1(odd_checkpoint, monkeypatch, capsys):
     load = compare.load_subjects
 
@@ -172,10 +204,11 @@ def test_greedy_agreement_past_block_size(odd_checkpoint, tmp_path, capsys):
                          "--json", str(out)])
     stdout = capsys.readouterr().out
     assert code == 0, stdout
-    assert "torch float32: all 30 tokens agree" in stdout and "numpy float32: all 30 tokens agree" in stdout
+    for title in ("torch float32", "numpy float32", "numpy float64"):
+        assert f"{title}: all 30 tokens agree" in stdout
     greedy = json.loads(out.read_text())["greedy"]
     assert greedy["ok"] is True and greedy["n"] == 30 and len(greedy["reference"]) == 30
-    for backend in ("torch", "numpy"):
+    for backend in ("torch", "numpy", THIRD_COLUMN):
         assert greedy["backends"][backend]["tokens"] == greedy["reference"]
         assert greedy["backends"][backend]["first_mismatch"] is None
 
@@ -230,6 +263,24 @@ def test_layer_diff_metrics():
     assert not compare.layer_diff("shape", ref[:1], ref, 1, 1).ok
     zeros = compare.layer_diff("zeros", np.zeros(3), np.zeros(3), 0, 0)
     assert zeros.ok and (zeros.max_rel_diff, zeros.cosine) == (0.0, 1.0)
+
+
+def test_json_has_null_where_a_number_is_not_finite():
+    """A NaN activation makes NaN metrics, and a greedy margin can be NaN or infinite: JSON has neither, so
+    they are written as null (strict JSON parsers reject NaN), and the rest of the report stays as it was."""
+    nan_layer = compare.LayerDiff("logits", (1, 2, 3), math.nan, math.nan, math.nan, 0.5, False)
+    columns = [compare.Column(Subject("torch", "float32", None), 1e-5, 1e-5, [nan_layer],
+                              compare.Greedy([7], 0, 8, 7, math.nan, False)),
+               compare.Column(Subject("numpy", "float32", None), 1e-5, 1e-5, [nan_layer],
+                              compare.Greedy([9], 0, 8, 9, math.inf, False))]
+    report = compare.Report(Subject("numpy", "float64", None), np.array([[1, 2]]), columns, reference_tokens=[8])
+    text = json.dumps(compare.to_json(report), allow_nan=False)  # raises on any NaN or infinity
+    payload = json.loads(text)
+    assert payload["greedy"]["backends"]["torch"]["margin"] is None
+    assert payload["greedy"]["backends"]["numpy"]["margin"] is None
+    assert payload["greedy"]["backends"]["numpy"]["backend_token"] == 9
+    row = payload["layers"][0]
+    assert (row["max_abs_diff"], row["max_rel_diff"], row["cosine"], row["tolerance"]) == (None, None, None, 0.5)
 
 
 # --- rendering: rich and the plot -------------------------------------------------------------------
