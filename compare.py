@@ -573,7 +573,8 @@ def parse_args(argv=None):
 
 
 def fail(message):
-    print(f"compare.py: error: {message}", file=sys.stderr)
+    """Exit 2 with one line on stderr (the first line of message: torch's errors run to several)."""
+    print(f"compare.py: error: {(str(message).strip().splitlines() or ['unknown error'])[0]}", file=sys.stderr)
     raise SystemExit(2)
 
 
@@ -595,11 +596,14 @@ def main(argv=None) -> int:
         fail(e)
     try:
         subjects, reference = load_subjects(args.init_from, args.dtype, args.device, args.reference)
-    except (WeightsError, tokenizer.TokenizerError, ValueError, OSError) as e:
+    except (WeightsError, tokenizer.TokenizerError, ValueError, OSError, RuntimeError) as e:
         fail(e)
     config = reference.model.config
     idx = prompt_ids(text, config)
-    report = compare(subjects, reference, idx, args.atol, args.rtol, args.greedy)
+    try:
+        report = compare(subjects, reference, idx, args.atol, args.rtol, args.greedy)
+    except RuntimeError as e:  # torch's: CUDA out of memory, a device-side failure
+        fail(e)
     report.meta = {"source": str(args.init_from), "dtype": args.dtype, "device": args.device,
                    "config": f"{config.n_layer} layers, {config.n_head} heads, n_embd {config.n_embd}, "
                              f"vocab {config.vocab_size}, block_size {config.block_size}"}  # fmt: skip

@@ -364,3 +364,16 @@ def test_transformers_reference_needs_biases(small_checkpoint, tmp_path, capsys)
     weights.save(tmp_path / "nobias.safetensors", config, {k: v for k, v in params.items() if not k.endswith(".bias")})
     argv = ["--init-from", str(tmp_path / "nobias.safetensors"), "--reference", "transformers"]
     exits_2_with(argv, "bias=False", capsys)
+
+
+def test_a_torch_runtime_error_is_one_line(small_checkpoint, monkeypatch, capsys):
+    """A RuntimeError from torch mid-comparison (CUDA out of memory, say) is one stderr line and exit 2."""
+
+    def out_of_memory(*args, **kwargs):
+        raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB\nmore details\nand more")
+
+    monkeypatch.setattr(compare, "compare", out_of_memory)
+    with pytest.raises(SystemExit) as exit_info:
+        compare.main(["--init-from", str(small_checkpoint.path)])
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err == "compare.py: error: CUDA out of memory. Tried to allocate 2.00 GiB\n"
