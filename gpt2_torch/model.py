@@ -221,9 +221,10 @@ class GPT(nn.Module):
             model = cls(config)
         # Decoding multiplies each matrix by one vector: a pass over the matrix in memory, so its memory layout
         # sets the speed. nn.Linear's weight is (out, in) whatever its strides, and measured (BENCHMARKS.md),
-        # MKL's float32 and float64 products read the canonical (in, out) layout faster (so (C, vocab_size)
-        # for wte, the lm_head), while oneDNN's half-precision ones prefer nn.Linear's own (out, in).
-        in_out = torch_dtype in (torch.float32, torch.float64)
+        # MKL's float32 and float64 products are fastest with the matrix's longer side contiguous: (in, out)
+        # for c_attn, c_fc and the square attn.c_proj, (C, vocab_size) for wte as the lm_head, (out, in) for
+        # mlp.c_proj; oneDNN's half-precision products prefer nn.Linear's (out, in) throughout.
+        mkl = torch_dtype in (torch.float32, torch.float64)
         state = {}
         with warnings.catch_warnings():  # from_numpy warns that the memory-mapped arrays are read-only: only read here
             warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
@@ -231,7 +232,8 @@ class GPT(nn.Module):
                 tensor = torch.from_numpy(array)  # a view of the loader's array, no copy
                 if name.endswith(weights.loader.MATRICES):
                     tensor = tensor.t()  # canonical (in, out) -> nn.Linear's (out, in)
-                transposed = in_out and (name.endswith(weights.loader.MATRICES) or name == "wte.weight")
+                matrix = name.endswith(weights.loader.MATRICES) or name == "wte.weight"  # (out, in) / (vocab_size, C)
+                transposed = mkl and matrix and tensor.shape[0] >= tensor.shape[1]  # store the longer side contiguous
                 state[name] = own_copy(tensor, device, torch_dtype, transposed)
         state["lm_head.weight"] = state["wte.weight"]
         model.load_state_dict(state, assign=True, strict=True)
