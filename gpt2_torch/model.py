@@ -75,6 +75,7 @@ class CausalSelfAttention(nn.Module):
             k_cache[:B, :, start : start + T] = k
             v_cache[:B, :, start : start + T] = v
             k, v = k_cache[:B, :, : start + T], v_cache[:B, :, : start + T]  # (B, nh, S, hs)
+            q = q.to(k.dtype)  # the cache may be float32 in a half-precision model: see GPT.allocate_kv_cache
         S = k.size(2)
         # Query t (at absolute position start + t) may see keys 0 .. start + t: a causal mask aligned to the
         # bottom-right corner. One query at the end of the cache (decoding) sees every key: no mask at all.
@@ -91,7 +92,7 @@ class CausalSelfAttention(nn.Module):
                 att = F.softmax(att, dim=-1)
                 att = self.attn_dropout(att)
                 y = att @ v  # (B, nh, T, S) x (B, nh, S, hs) -> (B, nh, T, hs)
-        y = y.transpose(1, 2).contiguous().view(B, T, C)  # (B, T, C) heads side by side again
+        y = y.transpose(1, 2).contiguous().view(B, T, C).to(x.dtype)  # (B, T, C) heads side by side again
         return self.resid_dropout(self.c_proj(y))
 
 
@@ -206,8 +207,13 @@ class GPT(nn.Module):
         """Preallocate the keys and values of every layer for batch_size sequences of up to block_size tokens."""
         c, w = self.config, self.wte.weight
         shape = (batch_size, c.n_head, c.block_size, c.n_embd // c.n_head)  # (B, nh, block_size, hs)
-        if self.kv_cache is None or self.kv_cache[0][0].shape != shape:
-            self.kv_cache = [(w.new_empty(shape), w.new_empty(shape)) for _ in range(c.n_layer)]
+        # A half-precision model on the CPU attends in float32, so its cache is float32: the CPU's kernels for
+        # the small products of attention are ~5x slower in bfloat16 (measured, BENCHMARKS.md), and the cache
+        # is small beside the weights.
+        half_on_cpu = w.device.type == "cpu" and w.dtype in (torch.float16, torch.bfloat16)
+        dtype = torch.float32 if half_on_cpu else w.dtype
+        if self.kv_cache is None or self.kv_cache[0][0].shape != shape or self.kv_cache[0][0].dtype != dtype:
+            self.kv_cache = [(w.new_empty(shape, dtype=dtype), w.new_empty(shape, dtype=dtype)) for _ in range(c.n_layer)]
 
     @classmethod
     def from_pretrained(cls, source, device="cpu", dtype="float32"):
