@@ -20,9 +20,9 @@ DTYPES = {"float32": np.float32, "float64": np.float64}
 # --- the math -------------------------------------------------------------------------------------
 
 def layer_norm(x, weight, bias, eps=1e-5):
-    mean = x.mean(axis=-1, keepdims=True)  # (..., 1)
-    var = ((x - mean) ** 2).mean(axis=-1, keepdims=True)  # (..., 1) biased variance
-    x_hat = (x - mean) / np.sqrt(var + eps)  # (..., C) zero mean, unit variance
+    centred = x - x.mean(axis=-1, keepdims=True)  # (..., C)
+    var = (centred * centred).mean(axis=-1, keepdims=True)  # (..., 1) biased variance
+    x_hat = centred / np.sqrt(var + eps)  # (..., C) zero mean, unit variance
     return x_hat * weight + bias if bias is not None else x_hat * weight
 
 
