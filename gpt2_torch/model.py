@@ -226,10 +226,10 @@ class GPT(nn.Module):
         with torch.device("meta"):  # no random initialisation: every parameter is assigned below
             model = cls(config)
         # Decoding multiplies each matrix by one vector: a pass over the matrix in memory, so its memory layout
-        # sets the speed. nn.Linear's weight is (out, in) whatever its strides, and measured (BENCHMARKS.md),
-        # MKL's float32 and float64 products are fastest with the matrix's longer side contiguous: (in, out)
-        # for c_attn, c_fc and the square attn.c_proj, (C, vocab_size) for wte as the lm_head, (out, in) for
-        # mlp.c_proj; oneDNN's half-precision products prefer nn.Linear's (out, in) throughout.
+        # sets the speed. nn.Linear's weight is (out, in) whatever its strides; measured (BENCHMARKS.md), the
+        # products are fastest with a block's matrix stored with its longer side contiguous ((in, out) for
+        # c_attn, c_fc and the square attn.c_proj, (out, in) for mlp.c_proj), and with wte, as the lm_head,
+        # stored (C, vocab_size) for MKL's float32 and float64 products but (vocab_size, C) for oneDNN's half ones.
         mkl = torch_dtype in (torch.float32, torch.float64)
         state = {}
         with warnings.catch_warnings():  # from_numpy warns that the memory-mapped arrays are read-only: only read here
@@ -238,8 +238,9 @@ class GPT(nn.Module):
                 tensor = torch.from_numpy(array)  # a view of the loader's array, no copy
                 if name.endswith(weights.loader.MATRICES):
                     tensor = tensor.t()  # canonical (in, out) -> nn.Linear's (out, in)
-                matrix = name.endswith(weights.loader.MATRICES) or name == "wte.weight"  # (out, in) / (vocab_size, C)
-                transposed = mkl and matrix and tensor.shape[0] >= tensor.shape[1]  # store the longer side contiguous
+                    transposed = tensor.shape[0] >= tensor.shape[1]  # out >= in: stored (in, out)
+                else:
+                    transposed = mkl and name == "wte.weight"  # stored (C, vocab_size)
                 state[name] = own_copy(tensor, device, torch_dtype, transposed)
         state["lm_head.weight"] = state["wte.weight"]
         model.load_state_dict(state, assign=True, strict=True)
