@@ -1,0 +1,579 @@
+"""Measure the targets of issue 6 in one run and rewrite BENCHMARKS.md, benchmarks/results.json and results.png.
+
+    uv run python -m benchmarks.report            # about 5 minutes on 2 cores
+    uv run python -m benchmarks.report --reps 3   # fewer repetitions, faster
+
+How it measures:
+- Every contender (torch and NumPy backends, transformers; float32 and bfloat16) runs in its own worker
+  process, started once; the workers take turns, A B C D E A B C D E ..., so that a slow spell of the
+  machine falls on all of them alike, and each figure is the median of --reps turns (after one warm-up turn).
+- The workers run without OPENBLAS_CORETYPE and OPENBLAS_L2_SIZE, which pin OpenBLAS (NumPy's BLAS) to an
+  older kernel on the development machines: the kernel each worker really uses is recorded (threadpoolctl).
+- Decoding: batch 1, an 8-token prompt, 128 new tokens, top_k 200, temperature 0.8, as generate() runs it
+  (prompt, sampling and all): tokens/s = 128 / seconds. transformers runs generate(do_sample=True) with
+  min_new_tokens=128, so it never stops early.
+- Prefill: one forward of 1024 tokens into an empty KV cache, logits of the last position only (as the first
+  step of generate). transformers gets logits_to_keep=1, which its own generate uses, so all do the same work.
+- Roofline: decoding one token reads every weight once. Read bandwidth (GB/s) / bytes read per token = the
+  most tokens/s any implementation could reach on this machine. The bandwidth is measured once a round with
+  several read kernels over 1 GiB (sums, matrix-vector products); the roofline takes the best of the run.
+- Peak RSS while sampling: a fresh process per backend runs a tiny model first (so that the libraries' own
+  memory is in place), takes its RSS as the baseline, loads the model, resets its peak (writing 5 to
+  /proc/self/clear_refs sets VmHWM to the current RSS), samples 128 tokens, and reads VmHWM - baseline.
+"""
+
+import argparse
+import contextlib
+import datetime
+import json
+import os
+import platform
+import re
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+import weights
+from benchmarks import common
+
+ROOT = Path(__file__).resolve().parent.parent
+PROMPT_TOKENS, NEW_TOKENS, TOP_K, TEMPERATURE = 8, 128, 200, 0.8
+PREFILL_TOKENS = 1024
+BANDWIDTH_BUFFER = 1 << 30  # 1 GiB, far larger than the L3 cache, so a sum over it reads main memory
+MARK_BEGIN, MARK_END = "<!-- report:begin -->", "<!-- report:end -->"
+
+
+# --- inside a worker process ------------------------------------------------------------------------
+
+def worker(contender):
+    """Load one contender, then answer JSON commands on stdin, one per line, with one JSON line each."""
+    backend, dtype = contender.split("-")
+    if backend != "numpy":  # the NumPy worker imports no framework, as a NumPy user would not
+        import torch
+    model = common.load(contender)
+    prompt = common.prompt(PROMPT_TOKENS)
+    long_prompt = common.prompt(PREFILL_TOKENS, seed=1)
+
+    def decode(seed):
+        if backend == "transformers":
+            torch.manual_seed(seed)
+            ids = torch.from_numpy(prompt)
+            out = model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=True, top_k=TOP_K,
+                                 temperature=TEMPERATURE, max_new_tokens=NEW_TOKENS, min_new_tokens=NEW_TOKENS,
+                                 pad_token_id=model.config.eos_token_id)
+            return out.shape[1] - PROMPT_TOKENS
+        out = model.generate(prompt, NEW_TOKENS, temperature=TEMPERATURE, top_k=TOP_K, rng=np.random.default_rng(seed))
+        return out.shape[1] - PROMPT_TOKENS
+
+    def prefill():
+        if backend == "transformers":
+            model(torch.from_numpy(long_prompt), use_cache=True, logits_to_keep=1)
+        elif backend == "torch":
+            model.allocate_kv_cache(1)
+            model(torch.from_numpy(long_prompt), 0)
+        else:
+            model.allocate_kv_cache(1)
+            model(long_prompt, 0)
+
+    send({"ready": True, "info": worker_info(backend, model)})
+    for line in sys.stdin:
+        command = json.loads(line)
+        with no_autograd(backend):
+            start = time.perf_counter()
+            if command["op"] == "decode":
+                tokens = decode(command["seed"])
+            elif command["op"] == "prefill":
+                prefill()
+                tokens = PREFILL_TOKENS
+            else:
+                return
+            send({"seconds": time.perf_counter() - start, "tokens": tokens})
+
+
+def no_autograd(backend):
+    """torch.inference_mode for the torch contenders (as their generate), nothing for NumPy."""
+    if backend == "numpy":
+        return contextlib.nullcontext()
+    import torch
+
+    return torch.inference_mode()
+
+
+def worker_info(backend, model):
+    from threadpoolctl import threadpool_info
+
+    info = {"threadpools": [{k: i.get(k) for k in ("internal_api", "prefix", "version", "architecture", "num_threads")}
+                            for i in threadpool_info()]}
+    if backend != "numpy":
+        import torch
+
+        config = torch.__config__.show()
+        info["torch"], info["torch_threads"] = torch.__version__, torch.get_num_threads()
+        info["torch_blas"] = (re.search(r"BLAS_INFO=(\w+)", config) or [None, "?"])[1]
+        info["torch_cpu_capability"] = torch.backends.cpu.get_cpu_capability()
+    if backend == "transformers":
+        import transformers
+
+        info["transformers"] = transformers.__version__
+        info["attn_implementation"] = model.config._attn_implementation
+    return info
+
+
+def send(obj):
+    sys.stdout.write(json.dumps(obj) + "\n")
+    sys.stdout.flush()
+
+
+def status_kib():
+    with open("/proc/self/status") as f:
+        return {line.split(":")[0]: int(line.split()[1]) for line in f if line.startswith(("VmRSS", "VmHWM"))}
+
+
+def peak_rss(contender):
+    """Peak RSS while sampling, in a fresh process: see the module docstring."""
+    import gc
+
+    import tempfile
+
+    backend, dtype = contender.split("-")
+    # The same steps on a tiny model first, so that the libraries' own memory (lazy imports, BLAS buffers,
+    # thread pools) is in the baseline and only the model's is measured.
+    tiny = weights.GPTConfig(block_size=16, vocab_size=512, n_layer=1, n_head=2, n_embd=16)
+    rng = np.random.default_rng(0)
+    with tempfile.TemporaryDirectory() as tmp:
+        weights.save(f"{tmp}/tiny.safetensors", tiny, {name: rng.standard_normal(shape, dtype=np.float32)
+                                                       for name, shape in weights.parameter_shapes(tiny).items()})
+        with no_autograd(backend):
+            common.load(contender, f"{tmp}/tiny.safetensors").generate(common.prompt(4, 512), 4, top_k=TOP_K)
+    gc.collect()
+    baseline = status_kib()["VmRSS"]
+    model = common.load(contender)
+    gc.collect()
+    loaded = status_kib()["VmRSS"]
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")  # VmHWM := VmRSS: the peak from here on is the peak while sampling
+    with no_autograd(backend):
+        model.generate(common.prompt(PROMPT_TOKENS), NEW_TOKENS, temperature=TEMPERATURE, top_k=TOP_K,
+                       rng=np.random.default_rng(0))
+    after = status_kib()
+    ru_maxrss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, including the loading
+    model.allocate_kv_cache(1)  # the cache generate allocates (no pages touched: not resident)
+    kv_cache_bytes = sum(array.nbytes for layer in model.kv_cache for array in layer)
+    send({"baseline_kib": baseline, "loaded_kib": loaded, "peak_kib": after["VmHWM"], "ru_maxrss_kib": ru_maxrss,
+          "weight_bytes": weight_bytes(model.config) * {"float32": 4, "bfloat16": 2}[dtype],
+          "kv_cache_bytes": kv_cache_bytes})
+
+
+def bandwidth_worker():
+    """Main-memory read bandwidth, GB/s, on request: several read kernels over 1 GiB (far larger than the L3
+    cache), sums and matrix-vector products (the read decoding does), each the best of 3 passes."""
+    import torch
+    from threadpoolctl import threadpool_info
+
+    buffer = np.ones(BANDWIDTH_BUFFER // 4, np.float32)
+    n = int(np.sqrt(buffer.size))
+    matrix, x = buffer[: n * n].reshape(n, n), np.ones((1, n), np.float32)  # (n, n) with n * n * 4 bytes = 1 GiB
+    tensor, tmatrix, tx = torch.from_numpy(buffer), torch.from_numpy(matrix), torch.from_numpy(x)
+    blas = next((f"{i['internal_api']} {i['num_threads']} threads" for i in threadpool_info() if i["user_api"] == "blas"), "?")
+    threads = torch.get_num_threads()
+    kernels = {
+        "numpy sum (1 thread)": (buffer.sum, buffer.nbytes),
+        f"torch sum ({threads} threads)": (tensor.sum, buffer.nbytes),
+        f"numpy x @ W ({blas})": (lambda: x @ matrix, matrix.nbytes),
+        f"torch x @ W (MKL, {threads} threads)": (lambda: tx @ tmatrix, matrix.nbytes),
+    }
+    for read, _ in kernels.values():
+        read()
+    send({"ready": True, "info": {}})
+    for line in sys.stdin:
+        if json.loads(line)["op"] != "bandwidth":
+            return
+        result = {}
+        for name, (read, nbytes) in kernels.items():
+            times = []
+            for _ in range(3):
+                start = time.perf_counter()
+                read()
+                times.append(time.perf_counter() - start)
+            result[name] = nbytes / min(times) / 1e9
+        send(result)
+
+
+# --- the parent: workers, alternation, results ------------------------------------------------------
+
+def weight_bytes(config):
+    """Parameters of GPT-2 (the tied lm_head counted once, as wte)."""
+    return sum(int(np.prod(shape)) for shape in weights.parameter_shapes(config).values())
+
+
+def bytes_per_token(config, itemsize):
+    """Bytes of weights one decoding step reads: what the roofline divides the bandwidth by."""
+    sizes = {name: int(np.prod(shape)) * itemsize for name, shape in weights.parameter_shapes(config).items()}
+    matrices = sum(size for name, size in sizes.items() if name.endswith(weights.loader.MATRICES))
+    embeddings = sizes["wte.weight"] + sizes["wpe.weight"]
+    return {"matrices (c_attn, attn.c_proj, c_fc, mlp.c_proj)": matrices,
+            "biases and LayerNorm parameters": sum(sizes.values()) - matrices - embeddings,
+            "wte, read once by the tied lm_head": sizes["wte.weight"],
+            "one row of wte and one of wpe (embedding)": 2 * config.n_embd * itemsize}
+
+
+def worker_env():
+    env = {k: v for k, v in os.environ.items() if k not in common.OPENBLAS_PINS}
+    env.pop("PYTHONPATH", None)
+    return env
+
+
+def run_once(flag, contender=None):
+    args = [sys.executable, "-m", "benchmarks.report", flag] + ([contender] if contender else [])
+    result = subprocess.run(args, cwd=ROOT, env=worker_env(), capture_output=True, text=True, timeout=300)
+    if result.returncode != 0:
+        raise RuntimeError(f"{' '.join(args[2:])} failed:\n{result.stderr[-2000:]}")
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+class Worker:
+    def __init__(self, contender):
+        self.contender = contender
+        self.process = subprocess.Popen([sys.executable, "-m", "benchmarks.report", "--worker", contender], cwd=ROOT,
+                                        env=worker_env(), stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        self.info = self.receive()["info"]
+
+    def receive(self):
+        line = self.process.stdout.readline()
+        if not line:
+            raise RuntimeError(f"worker {self.contender} died (its stderr is above)")
+        return json.loads(line)
+
+    def ask(self, **command):
+        self.process.stdin.write(json.dumps(command) + "\n")
+        self.process.stdin.flush()
+        return self.receive()
+
+    def close(self):
+        self.process.stdin.write(json.dumps({"op": "quit"}) + "\n")
+        self.process.stdin.close()
+        self.process.wait(timeout=60)
+
+
+def alternate(workers, op, reps, log, meter, bandwidths):
+    """reps + 1 rounds of one op, each worker in turn; the first round is a warm-up and is dropped. The memory
+    bandwidth is measured once a round too (appended to bandwidths): the roofline takes the best of the run."""
+    runs = {w.contender: [] for w in workers}
+    for rnd in range(reps + 1):
+        bandwidths.append(meter.ask(op="bandwidth"))
+        for w in workers:
+            reply = w.ask(op=op, seed=rnd)
+            if rnd:
+                runs[w.contender].append(reply)
+            log(f"  {op} round {rnd}{' (warm-up)' if not rnd else ''}: {w.contender} {reply['seconds']:.3f} s")
+    return runs
+
+
+def cpu_busy_seconds():
+    """CPU seconds spent by the whole machine so far (all processes, all cores), from /proc/stat."""
+    with open("/proc/stat") as f:
+        fields = [int(x) for x in f.readline().split()[1:]]
+    idle = fields[3] + fields[4]  # idle + iowait
+    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+
+
+def machine_info():
+    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")), platform.processor())
+    flags = next((line.split(":", 1)[1].split() for line in open("/proc/cpuinfo") if line.startswith("flags")), [])
+    mem = next(int(line.split()[1]) for line in open("/proc/meminfo") if line.startswith("MemTotal"))
+    caches = {}
+    try:
+        for line in subprocess.run(["lscpu"], capture_output=True, text=True).stdout.splitlines():
+            if line.startswith(("L2 cache", "L3 cache")):
+                caches[line.split(":")[0]] = line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return {"cpu": cpu, "cores": os.cpu_count(), "memory_gib": round(mem / 2**20, 1), **caches,
+            "avx512": "avx512f" in flags, "avx512_bf16": "avx512_bf16" in flags,
+            "python": platform.python_version(), "numpy": np.__version__, "platform": platform.platform(),
+            "openblas_pins_in_environment": {k: os.environ[k] for k in common.OPENBLAS_PINS if k in os.environ}}
+
+
+def measure(reps, log):
+    config, _ = weights.load(common.checkpoint())
+    started, busy0 = time.time(), cpu_busy_seconds()
+    children0, self0 = resource.getrusage(resource.RUSAGE_CHILDREN), resource.getrusage(resource.RUSAGE_SELF)
+    load_start = os.getloadavg()
+    log("starting the workers ...")
+    workers = [Worker(c) for c in common.CONTENDERS]
+    meter, bandwidths = Worker("bandwidth"), []
+    try:
+        log(f"decoding: {PROMPT_TOKENS}-token prompt + {NEW_TOKENS} tokens, {reps} rounds + 1 warm-up")
+        decode_runs = alternate(workers, "decode", reps, log, meter, bandwidths)
+        log(f"prefill: {PREFILL_TOKENS} tokens, {reps} rounds + 1 warm-up")
+        prefill_runs = alternate(workers, "prefill", reps, log, meter, bandwidths)
+    finally:
+        for w in [*workers, meter]:
+            w.close()
+    log(f"  bandwidth, best of the run: {best_bandwidth(bandwidths)}")
+    log("peak RSS, one fresh process per backend ...")
+    rss = {c: run_once("--rss", c) for c in ("torch-float32", "torch-bfloat16", "numpy-float32")}
+    wall = time.time() - started
+    ours = resource.getrusage(resource.RUSAGE_CHILDREN)
+    ours_cpu = (ours.ru_utime + ours.ru_stime) - (children0.ru_utime + children0.ru_stime)
+    self_cpu = sum(resource.getrusage(resource.RUSAGE_SELF)[:2]) - sum(self0[:2])
+    others = max(0.0, cpu_busy_seconds() - busy0 - ours_cpu - self_cpu) / wall  # cores busy with other work
+    return {
+        "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+        "machine": machine_info(),
+        "workers": {w.contender: w.info for w in workers},
+        "settings": {"batch": 1, "prompt_tokens": PROMPT_TOKENS, "new_tokens": NEW_TOKENS, "top_k": TOP_K,
+                     "temperature": TEMPERATURE, "prefill_tokens": PREFILL_TOKENS, "reps": reps,
+                     "model": "GPT-2 124M shape (12 layers, 12 heads, 768 wide, vocabulary 50257), random weights",
+                     "checkpoint": str(common.CHECKPOINT), "workers_without": list(common.OPENBLAS_PINS)},
+        "load": {"loadavg_at_start": load_start, "loadavg_at_end": os.getloadavg(),
+                 "other_processes_cores_busy": round(others, 2), "wall_seconds": round(wall, 1)},
+        "bandwidth_GBps": best_bandwidth(bandwidths),
+        "bandwidth_runs_GBps": bandwidths,
+        "bytes_per_token": {"float32": bytes_per_token(config, 4), "bfloat16": bytes_per_token(config, 2)},
+        "decode": summarise(decode_runs, lambda r: r["tokens"] / r["seconds"], "tokens_per_s"),
+        "prefill": summarise(prefill_runs, lambda r: r["seconds"], "seconds"),
+        "rss": rss,
+    }
+
+
+def best_bandwidth(runs):
+    return {kernel: max(run[kernel] for run in runs) for kernel in runs[0]}
+
+
+def summarise(runs, value, unit):
+    return {c: {f"{unit}_median": statistics.median(map(value, rs)), f"{unit}_runs": [round(value(r), 4) for r in rs]}
+            for c, rs in runs.items()}
+
+
+# --- targets, tables, chart -------------------------------------------------------------------------
+
+def evaluate(results):
+    """Derived figures and each target of issue 6: (name, target, measured, met)."""
+    bw = max(results["bandwidth_GBps"].values())
+    tps = {c: d["tokens_per_s_median"] for c, d in results["decode"].items()}
+    secs = {c: d["seconds_median"] for c, d in results["prefill"].items()}
+    roofline = {dt: bw * 1e9 / sum(parts.values()) for dt, parts in results["bytes_per_token"].items()}
+    fraction = {c: tps[c] / roofline[c.split("-")[1]] for c in tps}
+    derived = {"bandwidth_GBps": bw, "roofline_tokens_per_s": roofline, "fraction_of_roofline": fraction,
+               "decode_vs_transformers": {c: tps[c] / tps["transformers-" + c.split("-")[1]] for c in tps},
+               "prefill_vs_transformers": {c: secs["transformers-" + c.split("-")[1]] / secs[c] for c in secs}}
+    rss = {c: (r["peak_kib"] - r["baseline_kib"]) * 1024 for c, r in results["rss"].items()}
+    rss_limit = {c: 1.3 * r["weight_bytes"] + r["kv_cache_bytes"] for c, r in results["rss"].items()}
+    derived["rss_used_bytes"], derived["rss_limit_bytes"] = rss, rss_limit
+    vs, pv = derived["decode_vs_transformers"], derived["prefill_vs_transformers"]
+    x = lambda v: f"{v:.2f}x"  # noqa: E731
+    pct = lambda v: f"{100 * v:.0f}%"  # noqa: E731
+    mib = lambda v: f"{v / 2**20:.0f} MiB"  # noqa: E731
+    targets = [
+        ("torch float32 decode vs transformers float32 generate", ">= 1.50x", x(vs["torch-float32"]), vs["torch-float32"] >= 1.5),
+        ("torch bfloat16 decode vs transformers bfloat16 generate", ">= 1.50x", x(vs["torch-bfloat16"]), vs["torch-bfloat16"] >= 1.5),
+        ("numpy float32 decode vs transformers float32 generate", ">= 2.00x", x(vs["numpy-float32"]), vs["numpy-float32"] >= 2.0),
+        ("torch float32 decode, fraction of the roofline", ">= 70%", pct(fraction["torch-float32"]), fraction["torch-float32"] >= 0.7),
+        ("numpy float32 decode, fraction of the roofline", ">= 70%", pct(fraction["numpy-float32"]), fraction["numpy-float32"] >= 0.7),
+        ("prefill 1024 tokens: torch float32 vs transformers forward", ">= 1.00x", x(pv["torch-float32"]), pv["torch-float32"] >= 1.0),
+        ("prefill 1024 tokens: numpy float32 vs transformers forward", ">= 0.80x", x(pv["numpy-float32"]), pv["numpy-float32"] >= 0.8),
+    ]
+    for c in rss:
+        targets.append((f"peak RSS while sampling, {c}", f"<= {mib(rss_limit[c])}", mib(rss[c]), rss[c] <= rss_limit[c]))
+    derived["targets"] = [{"name": n, "target": t, "measured": m, "met": bool(ok)} for n, t, m, ok in targets]
+    return derived
+
+
+def markdown(results, derived):
+    m, w, load = results["machine"], results["workers"], results["load"]
+    numpy_blas = next((p for p in w["numpy-float32"]["threadpools"] if p["internal_api"] == "openblas"), {})
+    torch_info = w["torch-float32"]
+    pins = m["openblas_pins_in_environment"]
+    lines = [
+        f"Measured {results['date']} by `uv run python -m benchmarks.report` ({load['wall_seconds']:.0f} s).",
+        "",
+        f"**Machine:** {m['cpu']}, {m['cores']} cores, {m['memory_gib']} GiB, L2 {m.get('L2 cache', '?')}, "
+        f"L3 {m.get('L3 cache', '?')}, AVX-512: {m['avx512']}, AVX512-BF16: {m['avx512_bf16']}. "
+        f"Python {m['python']}, NumPy {m['numpy']} with {numpy_blas.get('prefix')} {numpy_blas.get('version')} "
+        f"(kernel **{numpy_blas.get('architecture')}**, {numpy_blas.get('num_threads')} threads); "
+        f"torch {torch_info.get('torch')} (BLAS: {torch_info.get('torch_blas')}, CPU capability "
+        f"{torch_info.get('torch_cpu_capability')}, {torch_info['torch_threads']} threads); "
+        f"transformers {w['transformers-float32'].get('transformers')} "
+        f"(attention: {w['transformers-float32'].get('attn_implementation')}).",
+        "",
+        "**Environment:** " + (f"{', '.join(f'{k}={v}' for k, v in pins.items())} set in the calling shell; "
+                               if pins else "OPENBLAS_CORETYPE / OPENBLAS_L2_SIZE not set in the calling shell; ")
+        + "every worker process ran without both (the kernel above is the one the NumPy worker used).",
+        "",
+        f"**Machine load:** load average {load['loadavg_at_start'][0]:.2f} at the start, "
+        f"{load['loadavg_at_end'][0]:.2f} at the end; other processes kept "
+        f"{load['other_processes_cores_busy']:.2f} of the {m['cores']} cores busy on average during the run"
+        + (" — the figures are slower than on an idle machine, the ratios less affected (the contenders alternate)."
+           if load["other_processes_cores_busy"] > 0.2 else "."),
+        "",
+        "### Targets",
+        "",
+        "| target | required | measured | |",
+        "|---|---|---|---|",
+    ]
+    for t in derived["targets"]:
+        lines.append(f"| {t['name']} | {t['target']} | {t['measured']} | {'met' if t['met'] else '**not met**'} |")
+    lines.append("| CUDA: torch --compile decode vs transformers generate, bfloat16 | >= 5x | — | skipped: "
+                 + ("no CUDA GPU on this machine |" if not results.get("cuda") else "see below |"))
+    rs, s = results["settings"], results["decode"]
+    lines += [
+        "",
+        f"### Decoding: batch 1, {rs['prompt_tokens']}-token prompt, {rs['new_tokens']} new tokens, "
+        f"top_k {rs['top_k']}, temperature {rs['temperature']}",
+        "",
+        f"Median of {rs['reps']} runs each (tokens/s = {rs['new_tokens']} / time of the whole generate call).",
+        "",
+        "| contender | tokens/s | runs | vs transformers (same dtype) | roofline (tokens/s) | fraction of roofline |",
+        "|---|---|---|---|---|---|",
+    ]
+    for c, d in s.items():
+        dt = c.split("-")[1]
+        lines.append(f"| {c} | {d['tokens_per_s_median']:.1f} | {', '.join(f'{v:.1f}' for v in d['tokens_per_s_runs'])} | "
+                     f"{derived['decode_vs_transformers'][c]:.2f}x | {derived['roofline_tokens_per_s'][dt]:.1f} | "
+                     f"{100 * derived['fraction_of_roofline'][c]:.0f}% |")
+    bw = results["bandwidth_GBps"]
+    b32 = results["bytes_per_token"]["float32"]
+    lines += [
+        "",
+        "**Roofline.** Read bandwidth: " + ", ".join(f"{k} {v:.1f} GB/s" for k, v in bw.items())
+        + f" over 1 GiB (far larger than the L3 cache), measured once a round, the best of the run; the roofline "
+        f"uses the largest, {derived['bandwidth_GBps']:.1f} GB/s: no implementation can read faster. "
+        "Bytes of weights read per decoded token (float32; bfloat16 is half):",
+        "",
+    ]
+    lines += [f"- {k}: {v / 1e6:.1f} MB" for k, v in b32.items()]
+    lines += [f"- total: {sum(b32.values()) / 1e6:.1f} MB per token (the KV cache adds 2 x 12 x 768 x 4 bytes = "
+              "74 kB per cached position, about 5 MB at the mean context of this run: 1%, left out).", ""]
+    p = results["prefill"]
+    lines += [
+        f"### Prefill: one forward of {rs['prefill_tokens']} tokens",
+        "",
+        "Into an empty KV cache, logits of the last position only (transformers: `logits_to_keep=1`, as in its "
+        f"generate). Median of {rs['reps']} runs.",
+        "",
+        "| contender | seconds | runs | tokens/s | vs transformers (same dtype) |",
+        "|---|---|---|---|---|",
+    ]
+    for c, d in p.items():
+        lines.append(f"| {c} | {d['seconds_median']:.3f} | {', '.join(f'{v:.3f}' for v in d['seconds_runs'])} | "
+                     f"{rs['prefill_tokens'] / d['seconds_median']:.0f} | {derived['prefill_vs_transformers'][c]:.2f}x |")
+    lines += [
+        "",
+        "### Peak RSS while sampling",
+        "",
+        "A fresh process per backend: it first loads a tiny model of the same backend and samples from it (so "
+        "that the libraries' own memory, lazy imports and thread pools, is in place), then takes its RSS as the "
+        "baseline, loads GPT-2 124M and "
+        "resets the peak (`echo 5 > /proc/self/clear_refs`: VmHWM := VmRSS), samples 128 tokens and reads VmHWM. "
+        "Used = VmHWM - baseline. For comparison, ru_maxrss - baseline also counts the loading.",
+        "",
+        "| backend | weights | KV cache | limit 1.3 x weights + KV | resident after loading | peak while sampling | ru_maxrss (incl. loading) |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    mib = lambda v: f"{v / 2**20:.0f} MiB"  # noqa: E731
+    for c, r in results["rss"].items():
+        lines.append(f"| {c} | {mib(r['weight_bytes'])} | {mib(r['kv_cache_bytes'])} | {mib(derived['rss_limit_bytes'][c])} | "
+                     f"{mib((r['loaded_kib'] - r['baseline_kib']) * 1024)} | {mib(derived['rss_used_bytes'][c])} | "
+                     f"{mib((r['ru_maxrss_kib'] - r['baseline_kib']) * 1024)} |")
+    lines += ["", "![decode tokens/s, prefill and memory](benchmarks/results.png)"]
+    if not results.get("cuda"):
+        lines += ["", "**GPU:** no CUDA device on this machine (torch.cuda.is_available() is False): the GPU target "
+                      "(--compile with CUDA graphs, >= 5x transformers in bfloat16, prefill TFLOP/s) was not measured."]
+    return "\n".join(lines)
+
+
+def chart(results, derived, path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    colors = {"torch": "#ee4c2c", "numpy": "#4d77cf", "transformers": "#999999"}
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.8))
+    ax = axes[0]
+    names = list(results["decode"])
+    values = [results["decode"][c]["tokens_per_s_median"] for c in names]
+    bars = ax.bar(range(len(names)), values, color=[colors[c.split("-")[0]] for c in names])
+    ax.bar_label(bars, fmt="%.1f")
+    for dt, style in (("float32", "--"), ("bfloat16", ":")):
+        ax.axhline(derived["roofline_tokens_per_s"][dt], color="k", linestyle=style, linewidth=1,
+                   label=f"roofline {dt} ({derived['roofline_tokens_per_s'][dt]:.0f})")
+    ax.set_xticks(range(len(names)), [n.replace("-", "\n") for n in names])
+    ax.set_ylabel("tokens/s")
+    ax.set_title("decoding, batch 1, 128 tokens (higher is better)")
+    ax.legend(loc="upper left", fontsize=8)
+    ax = axes[1]
+    names = list(results["prefill"])
+    values = [results["prefill"][c]["seconds_median"] for c in names]
+    bars = ax.bar(range(len(names)), values, color=[colors[c.split("-")[0]] for c in names])
+    ax.bar_label(bars, fmt="%.2f s")
+    ax.set_xticks(range(len(names)), [n.replace("-", "\n") for n in names])
+    ax.set_ylabel("seconds")
+    ax.set_title("prefill, 1024 tokens (lower is better)")
+    ax = axes[2]
+    names = list(results["rss"])
+    used = [derived["rss_used_bytes"][c] / 2**20 for c in names]
+    limit = [derived["rss_limit_bytes"][c] / 2**20 for c in names]
+    x = np.arange(len(names))
+    bars = ax.bar(x - 0.2, used, 0.4, color=[colors[c.split("-")[0]] for c in names], label="peak RSS while sampling")
+    ax.bar_label(bars, fmt="%.0f")
+    ax.bar(x + 0.2, limit, 0.4, color="none", edgecolor="k", hatch="//", label="limit: 1.3 x weights + KV cache")
+    ax.set_xticks(x, [n.replace("-", "\n") for n in names])
+    ax.set_ylabel("MiB")
+    ax.set_title("memory (lower is better)")
+    ax.legend(loc="upper right", fontsize=8)
+    fig.suptitle(f"GPT-2 124M (random weights) on {results['machine']['cpu']}, {results['machine']['cores']} cores, "
+                 f"{results['date'][:10]}")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def write_markdown(section, path):
+    """Replace the generated section of BENCHMARKS.md, keeping the hand-written text around it."""
+    text = path.read_text() if path.exists() else f"# Benchmarks\n\n{MARK_BEGIN}\n{MARK_END}\n"
+    if MARK_BEGIN not in text or MARK_END not in text:
+        text = text.rstrip() + f"\n\n{MARK_BEGIN}\n{MARK_END}\n"
+    head, rest = text.split(MARK_BEGIN, 1)
+    tail = rest.split(MARK_END, 1)[1]
+    path.write_text(f"{head}{MARK_BEGIN}\n{section}\n{MARK_END}{tail}")
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(prog="python -m benchmarks.report", description=__doc__.split("\n\n")[0])
+    p.add_argument("--reps", type=int, default=5, help="timed runs per contender and measurement (default: 5)")
+    p.add_argument("--out", type=Path, default=ROOT, help="where BENCHMARKS.md and benchmarks/ results go")
+    p.add_argument("--worker", help=argparse.SUPPRESS)
+    p.add_argument("--rss", help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.worker:
+        return bandwidth_worker() if args.worker == "bandwidth" else worker(args.worker)
+    if args.rss:
+        return peak_rss(args.rss)
+    if args.reps < 1:
+        p.exit(2, f"{p.prog}: error: --reps must be >= 1, got {args.reps}\n")
+
+    def log(message):
+        print(message, file=sys.stderr, flush=True)
+
+    results = measure(args.reps, log)
+    import torch
+
+    results["cuda"] = torch.cuda.is_available()
+    derived = evaluate(results)
+    (args.out / "benchmarks").mkdir(parents=True, exist_ok=True)
+    (args.out / "benchmarks" / "results.json").write_text(json.dumps({**results, "derived": derived}, indent=1) + "\n")
+    chart(results, derived, args.out / "benchmarks" / "results.png")
+    section = markdown(results, derived)
+    write_markdown(section, args.out / "BENCHMARKS.md")
+    print(section)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
