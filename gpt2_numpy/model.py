@@ -78,7 +78,9 @@ class Linear:
 
     def __call__(self, x):
         y = x @ self.weight  # (..., in) x (in, out) -> (..., out)
-        return y + self.bias if self.bias is not None else y
+        if self.bias is not None:
+            y += self.bias  # in place: y is new, and a fresh (B, T, out) array costs a prompt page faults
+        return y
 
 
 class LayerNorm:
