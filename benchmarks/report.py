@@ -495,7 +495,7 @@ def chart(results, derived, path):
     import matplotlib.pyplot as plt
 
     colors = {"torch": "#ee4c2c", "numpy": "#4d77cf", "transformers": "#999999"}
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4.8))
+    fig, axes = plt.subplots(1, 3, figsize=(16, 5))
     ax = axes[0]
     names = list(results["decode"])
     values = [results["decode"][c]["tokens_per_s_median"] for c in names]
@@ -504,7 +504,7 @@ def chart(results, derived, path):
     for dt, style in (("float32", "--"), ("bfloat16", ":")):
         ax.axhline(derived["roofline_tokens_per_s"][dt], color="k", linestyle=style, linewidth=1,
                    label=f"roofline {dt} ({derived['roofline_tokens_per_s'][dt]:.0f})")
-    ax.set_xticks(range(len(names)), [n.replace("-", "\n") for n in names])
+    ax.set_xticks(range(len(names)), [n.replace("-", "\n") for n in names], fontsize=8)
     ax.set_ylabel("tokens/s")
     ax.set_title("decoding, batch 1, 128 tokens (higher is better)")
     ax.legend(loc="upper left", fontsize=8)
@@ -513,7 +513,7 @@ def chart(results, derived, path):
     values = [results["prefill"][c]["seconds_median"] for c in names]
     bars = ax.bar(range(len(names)), values, color=[colors[c.split("-")[0]] for c in names])
     ax.bar_label(bars, fmt="%.2f s")
-    ax.set_xticks(range(len(names)), [n.replace("-", "\n") for n in names])
+    ax.set_xticks(range(len(names)), [n.replace("-", "\n") for n in names], fontsize=8)
     ax.set_ylabel("seconds")
     ax.set_title("prefill, 1024 tokens (lower is better)")
     ax = axes[2]
@@ -524,9 +524,10 @@ def chart(results, derived, path):
     bars = ax.bar(x - 0.2, used, 0.4, color=[colors[c.split("-")[0]] for c in names], label="peak RSS while sampling")
     ax.bar_label(bars, fmt="%.0f")
     ax.bar(x + 0.2, limit, 0.4, color="none", edgecolor="k", hatch="//", label="limit: 1.3 x weights + KV cache")
-    ax.set_xticks(x, [n.replace("-", "\n") for n in names])
+    ax.set_xticks(x, [n.replace("-", "\n") for n in names], fontsize=8)
     ax.set_ylabel("MiB")
-    ax.set_title("memory (lower is better)")
+    ax.set_ylim(0, 1.3 * max(limit))  # room for the legend above the bars
+    ax.set_title("memory while sampling (lower is better)")
     ax.legend(loc="upper right", fontsize=8)
     fig.suptitle(f"GPT-2 124M (random weights) on {results['machine']['cpu']}, {results['machine']['cores']} cores, "
                  f"{results['date'][:10]}")
