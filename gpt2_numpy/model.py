@@ -56,7 +56,7 @@ def attention(q, k, v, mask):
 def causal_attention(q, k, v, mask, chunk=128):
     """attention(q, k, v, mask) for a causal mask (T, S) or none, a chunk of queries at a time: the queries up
     to t see only the keys up to S - T + t, so each chunk skips the keys after its last query (all masked).
-    That halves the work of a long prompt, and its (B, nh, chunk, S) scores stay small."""
+    That nearly halves the work of a long prompt, and its (B, nh, chunk, S) scores stay small."""
     if mask is None:  # no mask: every query sees every key (one query, when decoding)
         return attention(q, k, v, mask)
     T, S = mask.shape
