@@ -179,7 +179,8 @@ def bandwidth_worker():
     n = int(np.sqrt(buffer.size))
     matrix, x = buffer[: n * n].reshape(n, n), np.ones((1, n), np.float32)  # (n, n) with n * n * 4 bytes = 1 GiB
     tensor, tmatrix, tx = torch.from_numpy(buffer), torch.from_numpy(matrix), torch.from_numpy(x)
-    blas = next((f"{i['internal_api']} {i['num_threads']} threads" for i in threadpool_info() if i["user_api"] == "blas"), "?")
+    blas = next((f"{i['internal_api']} {i['num_threads']} threads"
+                 for i in threadpool_info() if i["user_api"] == "blas"), "?")
     threads = torch.get_num_threads()
     kernels = {
         "numpy sum (1 thread)": (buffer.sum, buffer.nbytes),
@@ -283,8 +284,10 @@ def cpu_busy_seconds():
 
 
 def machine_info():
-    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")), platform.processor())
-    flags = next((line.split(":", 1)[1].split() for line in open("/proc/cpuinfo") if line.startswith("flags")), [])
+    cpuinfo = Path("/proc/cpuinfo").read_text().splitlines()
+    cpu = next((line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name")),
+               platform.processor())
+    flags = next((line.split(":", 1)[1].split() for line in cpuinfo if line.startswith("flags")), [])
     mem = next(int(line.split()[1]) for line in open("/proc/meminfo") if line.startswith("MemTotal"))
     caches = {}
     try:
@@ -354,7 +357,7 @@ def summarise(runs, value, unit):
 # --- targets, tables, chart -------------------------------------------------------------------------
 
 def evaluate(results):
-    """Derived figures and each target of issue 6: (name, target, measured, met)."""
+    """Derived figures, and each target of issue 6 with its measured value and whether it is met."""
     bw = max(results["bandwidth_GBps"].values())
     tps = {c: d["tokens_per_s_median"] for c, d in results["decode"].items()}
     secs = {c: d["seconds_median"] for c, d in results["prefill"].items()}
@@ -367,21 +370,23 @@ def evaluate(results):
     rss_limit = {c: 1.3 * r["weight_bytes"] + r["kv_cache_bytes"] for c, r in results["rss"].items()}
     derived["rss_used_bytes"], derived["rss_limit_bytes"] = rss, rss_limit
     vs, pv = derived["decode_vs_transformers"], derived["prefill_vs_transformers"]
-    x = lambda v: f"{v:.2f}x"  # noqa: E731
-    pct = lambda v: f"{100 * v:.0f}%"  # noqa: E731
-    mib = lambda v: f"{v / 2**20:.0f} MiB"  # noqa: E731
-    targets = [
-        ("torch float32 decode vs transformers float32 generate", ">= 1.50x", x(vs["torch-float32"]), vs["torch-float32"] >= 1.5),
-        ("torch bfloat16 decode vs transformers bfloat16 generate", ">= 1.50x", x(vs["torch-bfloat16"]), vs["torch-bfloat16"] >= 1.5),
-        ("numpy float32 decode vs transformers float32 generate", ">= 2.00x", x(vs["numpy-float32"]), vs["numpy-float32"] >= 2.0),
-        ("torch float32 decode, fraction of the roofline", ">= 70%", pct(fraction["torch-float32"]), fraction["torch-float32"] >= 0.7),
-        ("numpy float32 decode, fraction of the roofline", ">= 70%", pct(fraction["numpy-float32"]), fraction["numpy-float32"] >= 0.7),
-        ("prefill 1024 tokens: torch float32 vs transformers forward", ">= 1.00x", x(pv["torch-float32"]), pv["torch-float32"] >= 1.0),
-        ("prefill 1024 tokens: numpy float32 vs transformers forward", ">= 0.80x", x(pv["numpy-float32"]), pv["numpy-float32"] >= 0.8),
-    ]
-    for c in rss:
-        targets.append((f"peak RSS while sampling, {c}", f"<= {mib(rss_limit[c])}", mib(rss[c]), rss[c] <= rss_limit[c]))
-    derived["targets"] = [{"name": n, "target": t, "measured": m, "met": bool(ok)} for n, t, m, ok in targets]
+
+    def target(name, measured, required, unit, at_most=False):
+        show = {"x": lambda v: f"{v:.2f}x", "%": lambda v: f"{100 * v:.0f}%",
+                "MiB": lambda v: f"{v / 2**20:.0f} MiB"}[unit]
+        met = measured <= required if at_most else measured >= required
+        return {"name": name, "target": f"{'<=' if at_most else '>='} {show(required)}", "measured": show(measured),
+                "met": bool(met)}
+
+    derived["targets"] = [
+        target("torch float32 decode vs transformers float32 generate", vs["torch-float32"], 1.5, "x"),
+        target("torch bfloat16 decode vs transformers bfloat16 generate", vs["torch-bfloat16"], 1.5, "x"),
+        target("numpy float32 decode vs transformers float32 generate", vs["numpy-float32"], 2.0, "x"),
+        target("torch float32 decode, fraction of the roofline", fraction["torch-float32"], 0.7, "%"),
+        target("numpy float32 decode, fraction of the roofline", fraction["numpy-float32"], 0.7, "%"),
+        target("prefill 1024 tokens: torch float32 vs transformers forward", pv["torch-float32"], 1.0, "x"),
+        target("prefill 1024 tokens: numpy float32 vs transformers forward", pv["numpy-float32"], 0.8, "x"),
+    ] + [target(f"peak RSS while sampling, {c}", rss[c], rss_limit[c], "MiB", at_most=True) for c in rss]
     return derived
 
 
@@ -434,7 +439,8 @@ def markdown(results, derived):
     ]
     for c, d in s.items():
         dt = c.split("-")[1]
-        lines.append(f"| {c} | {d['tokens_per_s_median']:.1f} | {', '.join(f'{v:.1f}' for v in d['tokens_per_s_runs'])} | "
+        runs = ", ".join(f"{v:.1f}" for v in d["tokens_per_s_runs"])
+        lines.append(f"| {c} | {d['tokens_per_s_median']:.1f} | {runs} | "
                      f"{derived['decode_vs_transformers'][c]:.2f}x | {derived['roofline_tokens_per_s'][dt]:.1f} | "
                      f"{100 * derived['fraction_of_roofline'][c]:.0f}% |")
     bw = results["bandwidth_GBps"]
@@ -462,7 +468,8 @@ def markdown(results, derived):
     ]
     for c, d in p.items():
         lines.append(f"| {c} | {d['seconds_median']:.3f} | {', '.join(f'{v:.3f}' for v in d['seconds_runs'])} | "
-                     f"{rs['prefill_tokens'] / d['seconds_median']:.0f} | {derived['prefill_vs_transformers'][c]:.2f}x |")
+                     f"{rs['prefill_tokens'] / d['seconds_median']:.0f} | "
+                     f"{derived['prefill_vs_transformers'][c]:.2f}x |")
     lines += [
         "",
         "### Peak RSS while sampling",
@@ -473,12 +480,14 @@ def markdown(results, derived):
         "resets the peak (`echo 5 > /proc/self/clear_refs`: VmHWM := VmRSS), samples 128 tokens and reads VmHWM. "
         "Used = VmHWM - baseline. For comparison, ru_maxrss - baseline also counts the loading.",
         "",
-        "| backend | weights | KV cache | limit 1.3 x weights + KV | resident after loading | peak while sampling | ru_maxrss (incl. loading) |",
+        "| backend | weights | KV cache | limit 1.3 x weights + KV | resident after loading | peak while sampling "
+        "| ru_maxrss (incl. loading) |",
         "|---|---|---|---|---|---|---|",
     ]
     mib = lambda v: f"{v / 2**20:.0f} MiB"  # noqa: E731
     for c, r in results["rss"].items():
-        lines.append(f"| {c} | {mib(r['weight_bytes'])} | {mib(r['kv_cache_bytes'])} | {mib(derived['rss_limit_bytes'][c])} | "
+        lines.append(f"| {c} | {mib(r['weight_bytes'])} | {mib(r['kv_cache_bytes'])} | "
+                     f"{mib(derived['rss_limit_bytes'][c])} | "
                      f"{mib((r['loaded_kib'] - r['baseline_kib']) * 1024)} | {mib(derived['rss_used_bytes'][c])} | "
                      f"{mib((r['ru_maxrss_kib'] - r['baseline_kib']) * 1024)} |")
     lines += ["", "![decode tokens/s, prefill and memory](benchmarks/results.png)"]

@@ -213,7 +213,8 @@ class GPT(nn.Module):
         half_on_cpu = w.device.type == "cpu" and w.dtype in (torch.float16, torch.bfloat16)
         dtype = torch.float32 if half_on_cpu else w.dtype
         if self.kv_cache is None or self.kv_cache[0][0].shape != shape or self.kv_cache[0][0].dtype != dtype:
-            self.kv_cache = [(w.new_empty(shape, dtype=dtype), w.new_empty(shape, dtype=dtype)) for _ in range(c.n_layer)]
+            self.kv_cache = [(w.new_empty(shape, dtype=dtype), w.new_empty(shape, dtype=dtype))
+                             for _ in range(c.n_layer)]
 
     @classmethod
     def from_pretrained(cls, source, device="cpu", dtype="float32"):
