@@ -158,6 +158,7 @@ class GPT(nn.Module):
         if trace is not None:
             trace["ln_f"] = x
             trace["logits"] = self.lm_head(x)  # (B, T, vocab_size)
+            return trace["logits"][:, [-1], :]  # already computed: no second product with wte
         return self.lm_head(x[:, [-1], :])  # (B, 1, vocab_size): only the last position is needed to sample
 
     @torch.no_grad()
