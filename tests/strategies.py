@@ -126,3 +126,11 @@ def one_torch_thread():
         yield
     finally:
         torch.set_num_threads(threads)
+
+
+# Decoding settings under which the model-level generation tests run (both backends share them).
+SAMPLING = {
+    "greedy": dict(temperature=0.0),
+    "sampled": dict(temperature=1.0),
+    "top_k_top_p": dict(temperature=0.8, top_k=200, top_p=0.95),
+}

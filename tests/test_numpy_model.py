@@ -21,6 +21,7 @@ import torch
 import gpt2_numpy
 import gpt2_torch
 import weights
+from tests.strategies import SAMPLING
 
 TOLERANCE = {"float32": 2e-4, "float64": 1e-9}  # see the module docstring
 REPO = Path(__file__).resolve().parent.parent
@@ -104,13 +105,6 @@ def test_cached_chunks_equal_one_full_forward(checkpoint):
 
 
 # --- generation --------------------------------------------------------------------------------------
-
-SAMPLING = {
-    "greedy": dict(temperature=0.0),
-    "sampled": dict(temperature=1.0),
-    "top_k_top_p": dict(temperature=0.8, top_k=200, top_p=0.95),
-}
-
 
 @pytest.mark.parametrize("options", SAMPLING.values(), ids=SAMPLING.keys())
 def test_cached_generation_equals_uncached(checkpoint, options):

@@ -17,6 +17,7 @@ from torch.nn import functional as F
 
 from gpt2_torch import GPT, LayerNorm, resolve_device
 from weights.sampling import sample_next
+from tests.strategies import SAMPLING
 
 TOLERANCE = {"float32": 2e-4, "float64": 1e-9}  # see the module docstring
 
@@ -197,13 +198,6 @@ def naive_generate(model, idx, max_new_tokens, rng, temperature, top_k=None, top
             next_ids = sample_next(logits.float().numpy(), rng, temperature, top_k, top_p)  # (B,)
             idx = np.concatenate([idx, next_ids[:, None]], axis=1)  # (B, T + 1)
     return idx
-
-
-SAMPLING = {
-    "greedy": dict(temperature=0.0),
-    "sampled": dict(temperature=1.0),
-    "top_k_top_p": dict(temperature=0.8, top_k=200, top_p=0.95),
-}
 
 
 @pytest.mark.parametrize("options", SAMPLING.values(), ids=SAMPLING.keys())
