@@ -3,6 +3,6 @@
 from weights import GPTConfig
 
 from .device import resolve_device
-from .model import DTYPES, GPT, MLP, Block, CausalSelfAttention, LayerNorm
+from .model import DTYPES, GPT, MLP, Block, CausalSelfAttention, LayerNorm, Linear
 
-__all__ = ["GPT", "GPTConfig", "LayerNorm", "CausalSelfAttention", "MLP", "Block", "DTYPES", "resolve_device"]
+__all__ = ["GPT", "GPTConfig", "LayerNorm", "Linear", "CausalSelfAttention", "MLP", "Block", "DTYPES", "resolve_device"]

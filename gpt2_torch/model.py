@@ -22,16 +22,11 @@ from .device import resolve_device
 DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
-def own_copy(tensor, device, dtype, transposed=False):
-    """A copy of tensor (R, C) on device in dtype, in one pass; transposed: stored as a (C, R)-contiguous
-    array and returned as its (R, C) view, the same tensor with the other memory layout."""
-    if transposed:
-        return own_copy(tensor.t(), device, dtype).t()
-    return tensor.to(device=device, dtype=dtype, memory_format=torch.contiguous_format, copy=True)
-
-
 class LayerNorm(nn.Module):
-    """LayerNorm with an optional bias (PyTorch's has none to switch off), written out rather than F.layer_norm."""
+    """LayerNorm with an optional bias (PyTorch's has none to switch off), as in nanoGPT.
+
+    F.layer_norm computes a half-precision input's mean and variance in float32, and is one kernel where the
+    formula written out is ten: a decoding step runs 25 of them. The formula is gpt2_numpy's layer_norm."""
 
     def __init__(self, ndim, bias):
         super().__init__()
@@ -40,21 +35,56 @@ class LayerNorm(nn.Module):
         self.eps = 1e-5
 
     def forward(self, x):
-        # Half-precision inputs are normalised in float32: their mean and variance need the mantissa.
-        xf = x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
-        centred = xf - xf.mean(-1, keepdim=True)  # (B, T, C)
-        var = (centred * centred).mean(-1, keepdim=True)  # (B, T, 1) biased variance, as in the paper
-        y = (centred * torch.rsqrt(var + self.eps)).to(x.dtype)  # (B, T, C) zero mean, unit variance
-        # y * weight + bias in one pass: each pass over a long prompt's (B, T, C) costs a fresh array.
-        return torch.addcmul(self.bias, y, self.weight) if self.bias is not None else y * self.weight
+        return F.layer_norm(x, self.weight.shape, self.weight, self.bias, self.eps)
+
+
+class Linear(nn.Linear):
+    """nn.Linear (weight (out, in), contiguous), with faster kernels for one row on a CPU: decoding.
+
+    A one-row product reads the whole weight once for two flops per weight: memory bandwidth sets its speed,
+    and on a CPU that takes every core reading. Measured on a 2-core EPYC (BENCHMARKS.md), MKL's float32
+    product of one row runs on one core; split into one block of rows per thread and run as a batch (torch.bmm
+    shares a batch out among the threads), it reads the weight 1.5x faster. In half precision, oneDNN's
+    matmul reads at 10-20 GB/s for one row where ATen's own vector kernel reads at 26-32: oneDNN is switched
+    off for the product (the flag is global, so it is restored at once)."""
+
+    def forward(self, x):
+        if x.device.type != "cpu" or x.numel() != self.in_features or not self.weight.is_contiguous():
+            return super().forward(x)  # not one row on a CPU: the plain kernels
+        if x.dtype == torch.float32 and torch.get_num_threads() > 1:
+            return self.row_blocks_product(x)
+        if x.dtype in (torch.bfloat16, torch.float16):
+            onednn, torch.backends.mkldnn.enabled = torch.backends.mkldnn.enabled, False
+            try:
+                return super().forward(x)
+            finally:
+                torch.backends.mkldnn.enabled = onednn
+        return super().forward(x)
+
+    def row_blocks_product(self, x):
+        """x @ weight.T + bias for one row x (..., in), the weight's rows in one block per thread."""
+        out, n_in = self.weight.shape
+        blocks = min(torch.get_num_threads(), out)
+        size = out // blocks  # rows per block; the out % blocks rows left over are multiplied on their own
+        split = blocks * size
+        w = self.weight[:split].view(blocks, size, n_in).transpose(1, 2)  # (blocks, in, size)
+        x_rows = x.reshape(1, 1, n_in).expand(blocks, 1, n_in)  # (blocks, 1, in), the same row for each block
+        if self.bias is None:
+            y = torch.bmm(x_rows, w).view(1, split)  # (1, split)
+        else:
+            y = torch.baddbmm(self.bias[:split].view(blocks, 1, size), x_rows, w).view(1, split)  # (1, split)
+        if split < out:
+            rest = self.bias[split:] if self.bias is not None else None
+            y = torch.cat([y, F.linear(x.reshape(1, n_in), self.weight[split:], rest)], dim=1)  # (1, out)
+        return y.view(x.shape[:-1] + (out,))  # (..., out)
 
 
 class CausalSelfAttention(nn.Module):
     def __init__(self, config):
         super().__init__()
         assert config.n_embd % config.n_head == 0
-        self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)  # q, k, v for all heads
-        self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
+        self.c_attn = Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)  # q, k, v for all heads
+        self.c_proj = Linear(config.n_embd, config.n_embd, bias=config.bias)
         self.attn_dropout = nn.Dropout(config.dropout)
         self.resid_dropout = nn.Dropout(config.dropout)
         self.n_head = config.n_head
@@ -99,8 +129,8 @@ class CausalSelfAttention(nn.Module):
 class MLP(nn.Module):
     def __init__(self, config):
         super().__init__()
-        self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
-        self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
+        self.c_fc = Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
+        self.c_proj = Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
         self.dropout = nn.Dropout(config.dropout)
 
     def forward(self, x):
@@ -137,7 +167,7 @@ class GPT(nn.Module):
         self.drop = nn.Dropout(config.dropout)
         self.h = nn.ModuleList([Block(config) for _ in range(config.n_layer)])
         self.ln_f = LayerNorm(config.n_embd, bias=config.bias)
-        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        self.lm_head = Linear(config.n_embd, config.vocab_size, bias=False)
         self.lm_head.weight = self.wte.weight  # tied: the output projection is the token embedding
         self.kv_cache = None  # n_layer x (k, v), each (B, nh, block_size, hs); allocated by generate
 
@@ -227,12 +257,6 @@ class GPT(nn.Module):
         torch_dtype = DTYPES[dtype]
         with torch.device("meta"):  # no random initialisation: every parameter is assigned below
             model = cls(config)
-        # Decoding multiplies each matrix by one vector: a pass over the matrix in memory, so its memory layout
-        # sets the speed. nn.Linear's weight is (out, in) whatever its strides; measured (BENCHMARKS.md), the
-        # products are fastest with a block's matrix stored with its longer side contiguous ((in, out) for
-        # c_attn, c_fc and the square attn.c_proj, (out, in) for mlp.c_proj), and with wte, as the lm_head,
-        # stored (C, vocab_size) for MKL's float32 and float64 products but (vocab_size, C) for oneDNN's half ones.
-        mkl = torch_dtype in (torch.float32, torch.float64)
         state = {}
         with warnings.catch_warnings():  # from_numpy warns that the memory-mapped arrays are read-only: only read here
             warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
@@ -240,10 +264,9 @@ class GPT(nn.Module):
                 tensor = torch.from_numpy(array)  # a view of the loader's array, no copy
                 if name.endswith(weights.loader.MATRICES):
                     tensor = tensor.t()  # canonical (in, out) -> nn.Linear's (out, in)
-                    transposed = tensor.shape[0] >= tensor.shape[1]  # out >= in: stored (in, out)
-                else:
-                    transposed = mkl and name == "wte.weight"  # stored (C, vocab_size)
-                state[name] = own_copy(tensor, device, torch_dtype, transposed)
+                # Our own contiguous copy, in one pass: Linear's one-row kernels read the weight's rows in order.
+                state[name] = tensor.to(device=device, dtype=torch_dtype, memory_format=torch.contiguous_format,
+                                        copy=True)
         state["lm_head.weight"] = state["wte.weight"]
         model.load_state_dict(state, assign=True, strict=True)
         model.lm_head.weight = model.wte.weight  # assign=True replaced the tied parameter: tie it again

@@ -8,6 +8,7 @@ bias or a misaligned mask moves logits by 1e-2 or more on these checkpoints). In
 (measured: <= 2e-14); 1e-9 leaves a wide margin and is still five orders below any real mistake.
 """
 
+import contextlib
 import functools
 
 import numpy as np
@@ -15,7 +16,7 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from gpt2_torch import GPT, LayerNorm, resolve_device
+from gpt2_torch import GPT, LayerNorm, Linear, resolve_device
 from weights.sampling import sample_next
 from tests.strategies import SAMPLING
 
@@ -101,23 +102,113 @@ def test_forward_returns_the_last_position_of_the_trace(checkpoint):
 # --- LayerNorm and the two attention paths -----------------------------------------------------------
 
 @pytest.mark.parametrize("bias", [True, False])
-@pytest.mark.parametrize("dtype, tolerance", [(torch.float64, 1e-12), (torch.float32, 1e-5)])
-def test_layer_norm_equals_torch_layer_norm(bias, dtype, tolerance):
-    """The hand-written LayerNorm against F.layer_norm. Inputs are far from zero mean (offset 5, scale 3) so
-    that a variance computed without subtracting the mean would show. The outputs are of order 3 (the gains);
-    the two sum in different orders: ~1e-6 apart in float32 (unit roundoff 6e-8), ~1e-15 in float64."""
+@pytest.mark.parametrize("dtype, tolerance", [(torch.float64, 1e-12), (torch.float32, 1e-5), (torch.bfloat16, 0.03)])
+def test_layer_norm_equals_the_formula_in_float64(bias, dtype, tolerance):
+    """The LayerNorm module (F.layer_norm) against (x - mean) / sqrt(var + 1e-5) * weight + bias written out in
+    float64, on inputs far from zero mean (offset 5, scale 3) so that a variance computed without subtracting
+    the mean would show. The outputs are of order 3 (the gains): float32 sums in another order land ~1e-6
+    away (unit roundoff 6e-8), float64 ~1e-15. bfloat16 is normalised in float32 and rounded once to 8
+    significant bits: at most 2^-9 relative, 0.006 at |y| = 3; 0.03 allows |y| up to 15 and catches a mean
+    or variance taken in bfloat16 itself (its sum of 80 terms would be off by ~0.1)."""
     generator = torch.Generator().manual_seed(0)
     C = 80
     ln = LayerNorm(C, bias=bias).to(dtype)
     with torch.no_grad():
-        ln.weight.copy_(1 + torch.randn(C, generator=generator, dtype=dtype))
+        ln.weight.copy_(1 + torch.randn(C, generator=generator))
         if bias:
-            ln.bias.copy_(torch.randn(C, generator=generator, dtype=dtype))
+            ln.bias.copy_(torch.randn(C, generator=generator))
     assert (ln.bias is None) == (not bias)
-    x = 5 + 3 * torch.randn(4, 9, C, generator=generator, dtype=dtype)  # (B, T, C)
+    x = (5 + 3 * torch.randn(4, 9, C, generator=generator)).to(dtype)  # (B, T, C)
+    x64 = x.double()
+    x_hat = (x64 - x64.mean(-1, keepdim=True)) / torch.sqrt(x64.var(-1, unbiased=False, keepdim=True) + 1e-5)
+    expected = x_hat * ln.weight.double() + (ln.bias.double() if bias else 0)
     with torch.no_grad():
-        expected = F.layer_norm(x, (C,), ln.weight, ln.bias, eps=1e-5)
-        assert max_diff(ln(x), expected) <= tolerance
+        y = ln(x)
+    assert y.dtype == dtype
+    assert max_diff(y, expected) <= tolerance
+
+
+@contextlib.contextmanager
+def torch_threads(n):
+    saved = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(saved)
+
+
+def random_linear(n_in, n_out, bias, dtype, seed=0):
+    """A Linear with weights N(0, 1/n_in) and a row x N(0, 1): outputs of order 1."""
+    generator = torch.Generator().manual_seed(seed)
+    linear = Linear(n_in, n_out, bias=bias)
+    with torch.no_grad():
+        linear.weight.copy_(torch.randn(n_out, n_in, generator=generator) / n_in**0.5)
+        if bias:
+            linear.bias.copy_(torch.randn(n_out, generator=generator))
+    return linear.to(dtype), torch.randn(1, 1, n_in, generator=generator).to(dtype)
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3])
+@pytest.mark.parametrize("n_out", [1, 96, 97])  # fewer rows than threads; divisible by 2 and 3; neither
+@pytest.mark.parametrize("bias", [True, False])
+def test_linear_one_row_in_row_blocks_equals_f_linear(threads, n_out, bias):
+    """Linear's float32 one-row product (one block of rows per thread, a batched product, and the rows left
+    over on their own) against F.linear. Each output is the same 64-term dot product in both, summed by
+    other kernels: outputs of order 1 land ~1e-7 apart (64 roundings of 6e-8); 1e-5 still catches a block
+    multiplied by the wrong rows or a bias added twice or not at all (errors of order 1)."""
+    linear, x = random_linear(64, n_out, bias, torch.float32)
+    with torch_threads(threads), torch.no_grad():
+        y = linear(x)
+        assert y.shape == (1, 1, n_out)
+        assert max_diff(y, F.linear(x, linear.weight, linear.bias)) <= 1e-5
+        rows = torch.cat([x, -x], dim=1)  # (1, 2, 64): two rows take the plain kernels
+        assert max_diff(linear(rows), F.linear(rows, linear.weight, linear.bias)) <= 1e-5
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("onednn", [True, False])
+def test_linear_one_row_in_half_precision_equals_f_linear_and_restores_onednn(dtype, onednn):
+    """The half-precision one-row product runs with oneDNN off (ATen's kernel) and leaves the flag as it
+    found it. Both kernels sum in float32 and round once: outputs of order 1 differ by at most an ulp,
+    2^-7 for bfloat16 and 2^-10 for float16 at |y| < 2; 0.05 allows |y| up to ~6 (bias N(0, 1) added)
+    and catches a wrong row or a lost bias."""
+    linear, x = random_linear(64, 96, True, dtype)
+    saved = torch.backends.mkldnn.enabled
+    torch.backends.mkldnn.enabled = onednn
+    try:
+        with torch_threads(2), torch.no_grad():
+            y = linear(x)
+            assert torch.backends.mkldnn.enabled == onednn
+            assert y.dtype == dtype and max_diff(y, F.linear(x, linear.weight, linear.bias)) <= 0.05
+    finally:
+        torch.backends.mkldnn.enabled = saved
+
+
+def test_linear_with_a_non_contiguous_weight_takes_the_plain_kernel():
+    """A weight stored transposed (a user's own state_dict, say) cannot be split into row blocks by a view:
+    the product falls back to F.linear, with the 1e-5 of the row-blocks test."""
+    linear, x = random_linear(64, 96, True, torch.float32)
+    linear.weight = torch.nn.Parameter(linear.weight.detach().t().contiguous().t())  # same values, (in, out) in memory
+    assert not linear.weight.is_contiguous()
+    with torch_threads(2), torch.no_grad():
+        assert max_diff(linear(x), F.linear(x, linear.weight, linear.bias)) <= 1e-5
+
+
+def test_decoding_on_two_threads_gives_the_traced_logits(small_checkpoint):
+    """Every step of a cached decode on 2 threads (Linear's row blocks) against the logits of one forward
+    pass over the whole sequence on 1 thread (the plain kernels), in float32: the same sums in other orders,
+    so TOLERANCE["float32"] of the module docstring."""
+    model, idx = load(small_checkpoint.path), random_ids(small_checkpoint, 1, 12, seed=5)
+    with torch.no_grad():
+        expected = model.trace(idx)["logits"]  # (1, 12, V)
+        model.allocate_kv_cache(1)
+        try:
+            with torch_threads(2):
+                steps = [model(torch.from_numpy(idx[:, t : t + 1]), start=t) for t in range(idx.shape[1])]
+        finally:
+            model.kv_cache = None
+    assert max_diff(torch.cat(steps, dim=1), expected) <= TOLERANCE["float32"]
 
 
 def test_sdpa_and_manual_attention_agree_in_prefill(checkpoint):
