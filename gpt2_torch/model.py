@@ -5,6 +5,7 @@ Parameter names are those of the GPT-2 checkpoint (see weights/loader.py), so we
 """
 
 import math
+import threading
 import warnings
 from collections import OrderedDict
 
@@ -22,11 +23,19 @@ from .device import resolve_device
 DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
-class LayerNorm(nn.Module):
-    """LayerNorm with an optional bias (PyTorch's has none to switch off), as in nanoGPT.
+def own_copy(tensor, device, dtype, transposed=False):
+    """A copy of tensor (R, C) on device in dtype, in one pass; transposed: stored as a (C, R)-contiguous
+    array and returned as its (R, C) view, the same tensor with the other memory layout."""
+    if transposed:
+        return own_copy(tensor.t(), device, dtype).t()
+    return tensor.to(device=device, dtype=dtype, memory_format=torch.contiguous_format, copy=True)
 
-    F.layer_norm computes a half-precision input's mean and variance in float32, and is one kernel where the
-    formula written out is ten: a decoding step runs 25 of them. The formula is gpt2_numpy's layer_norm."""
+
+class LayerNorm(nn.Module):
+    """nanoGPT's LayerNorm: F.layer_norm with an optional bias (nn.LayerNorm has bias=False only since
+    PyTorch 2.1). The formula is written out in gpt2_numpy's layer_norm; F.layer_norm is one kernel where the
+    formula is ten (a decoding step runs 25 LayerNorms), and it takes a half-precision input's mean and
+    variance in float32."""
 
     def __init__(self, ndim, bias):
         super().__init__()
@@ -38,33 +47,35 @@ class LayerNorm(nn.Module):
         return F.layer_norm(x, self.weight.shape, self.weight, self.bias, self.eps)
 
 
-class Linear(nn.Linear):
-    """nn.Linear (weight (out, in), contiguous), with faster kernels for one row on a CPU: decoding.
+# torch.backends.mkldnn.enabled is one flag for the whole process: one product at a time switches it off.
+onednn_switch = threading.Lock()
 
-    A one-row product reads the whole weight once for two flops per weight: memory bandwidth sets its speed,
-    and on a CPU that takes every core reading. Measured on a 2-core EPYC (BENCHMARKS.md), MKL's float32
-    product of one row runs on one core; split into one block of rows per thread and run as a batch (torch.bmm
-    shares a batch out among the threads), it reads the weight 1.5x faster. In half precision, oneDNN's
-    matmul reads at 10-20 GB/s for one row where ATen's own vector kernel reads at 26-32: oneDNN is switched
-    off for the product (the flag is global, so it is restored at once)."""
+
+class Linear(nn.Linear):
+    """nn.Linear, with faster kernels for one row on a CPU: the products of decoding.
+
+    A one-row product reads the whole weight for two flops per weight, so memory bandwidth sets its speed,
+    and on a CPU that takes every core reading. Measured on a 2-core EPYC (BENCHMARKS.md):
+    - float32: MKL multiplies one row on one core. One block of the weight's rows per thread, multiplied
+      as one batch (MKL's batched product runs the blocks on all threads), reads 1.2-1.7x faster.
+    - bfloat16 and float16: oneDNN's matmul reads one row's bfloat16 weight at 10-20 GB/s, ATen's own
+      kernel at 26-32 GB/s when the weight is (out, in) contiguous, so oneDNN is switched off around the
+      product. Another thread's product in that moment runs without oneDNN too, and torch.compile traces
+      the plain product: this is for eager decoding.
+    Anything else (several rows, a GPU, float64) takes nn.Linear's own kernels."""
 
     def forward(self, x):
-        if x.device.type != "cpu" or x.numel() != self.in_features or not self.weight.is_contiguous():
-            return super().forward(x)  # not one row on a CPU: the plain kernels
-        if x.dtype == torch.float32 and torch.get_num_threads() > 1:
-            return self.row_blocks_product(x)
-        if x.dtype in (torch.bfloat16, torch.float16):
-            onednn, torch.backends.mkldnn.enabled = torch.backends.mkldnn.enabled, False
-            try:
-                return super().forward(x)
-            finally:
-                torch.backends.mkldnn.enabled = onednn
+        if x.device.type == "cpu" and x.numel() == self.in_features and x.dtype == self.weight.dtype:
+            threads = torch.get_num_threads()
+            if x.dtype == torch.float32 and threads > 1 and torch.backends.mkl.is_available() and self.out_features:
+                return self.row_blocks_product(x, blocks=min(threads, self.out_features))
+            if x.dtype in (torch.bfloat16, torch.float16) and self.weight.is_contiguous():
+                return self.product_without_onednn(x)
         return super().forward(x)
 
-    def row_blocks_product(self, x):
-        """x @ weight.T + bias for one row x (..., in), the weight's rows in one block per thread."""
+    def row_blocks_product(self, x, blocks):
+        """x @ weight.T + bias for one row x (..., in), the weight's rows in blocks (any memory layout)."""
         out, n_in = self.weight.shape
-        blocks = min(torch.get_num_threads(), out)
         size = out // blocks  # rows per block; the out % blocks rows left over are multiplied on their own
         split = blocks * size
         w = self.weight[:split].view(blocks, size, n_in).transpose(1, 2)  # (blocks, in, size)
@@ -77,6 +88,14 @@ class Linear(nn.Linear):
             rest = self.bias[split:] if self.bias is not None else None
             y = torch.cat([y, F.linear(x.reshape(1, n_in), self.weight[split:], rest)], dim=1)  # (1, out)
         return y.view(x.shape[:-1] + (out,))  # (..., out)
+
+    def product_without_onednn(self, x):
+        with onednn_switch:
+            onednn, torch.backends.mkldnn.enabled = torch.backends.mkldnn.enabled, False
+            try:
+                return super().forward(x)
+            finally:
+                torch.backends.mkldnn.enabled = onednn
 
 
 class CausalSelfAttention(nn.Module):
@@ -257,6 +276,12 @@ class GPT(nn.Module):
         torch_dtype = DTYPES[dtype]
         with torch.device("meta"):  # no random initialisation: every parameter is assigned below
             model = cls(config)
+        # Decoding multiplies each matrix by one row, as fast as the matrix's memory layout lets the kernel read
+        # it (measured, BENCHMARKS.md). MKL's float32 and float64 products read fastest with the longer side
+        # contiguous: c_attn, c_fc, the square attn.c_proj and wte (as the lm_head, out = vocab_size) are
+        # stored (in, out), mlp.c_proj (out, in); nn.Linear sees (out, in) whatever the strides. ATen's
+        # half-precision kernel needs each output's weights contiguous: (out, in) for all.
+        longer_side_contiguous = device.type == "cpu" and torch_dtype in (torch.float32, torch.float64)
         state = {}
         with warnings.catch_warnings():  # from_numpy warns that the memory-mapped arrays are read-only: only read here
             warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
@@ -264,9 +289,9 @@ class GPT(nn.Module):
                 tensor = torch.from_numpy(array)  # a view of the loader's array, no copy
                 if name.endswith(weights.loader.MATRICES):
                     tensor = tensor.t()  # canonical (in, out) -> nn.Linear's (out, in)
-                # Our own contiguous copy, in one pass: Linear's one-row kernels read the weight's rows in order.
-                state[name] = tensor.to(device=device, dtype=torch_dtype, memory_format=torch.contiguous_format,
-                                        copy=True)
+                product_weight = name.endswith(weights.loader.MATRICES) or name == "wte.weight"
+                transposed = longer_side_contiguous and product_weight and tensor.shape[0] >= tensor.shape[1]
+                state[name] = own_copy(tensor, device, torch_dtype, transposed)  # transposed: seen (out, in), stored (in, out)
         state["lm_head.weight"] = state["wte.weight"]
         model.load_state_dict(state, assign=True, strict=True)
         model.lm_head.weight = model.wte.weight  # assign=True replaced the tied parameter: tie it again

@@ -27,14 +27,12 @@ def one_thread():
     """One torch and one BLAS thread for a module (`pytestmark = pytest.mark.usefixtures("one_thread")`): the
     test models are tiny, so one thread is as fast as two, and unlike two it does not slow down 10-50x when
     other processes keep the cores busy (OpenMP and OpenBLAS threads spin-wait for each other)."""
-    import torch
     from threadpoolctl import threadpool_limits
 
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    with threadpool_limits(1):
+    from tests.strategies import one_torch_thread
+
+    with one_torch_thread(), threadpool_limits(1):
         yield
-    torch.set_num_threads(threads)
 
 
 @dataclass(frozen=True)

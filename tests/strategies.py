@@ -116,16 +116,21 @@ def tiny_models(config: GPTConfig, params: dict[str, np.ndarray], dtype="float64
 
 
 @contextlib.contextmanager
-def one_torch_thread():
-    """Run torch on one thread. The examples are tiny, so a second thread brings nothing but a barrier per
-    operation, and on a loaded 2-core machine that barrier waits out a scheduler slice: ~16 ms per nn.Linear
-    instead of ~7 us, measured."""
+def torch_threads(n):
+    """Run torch on n threads, then restore the count."""
     threads = torch.get_num_threads()
-    torch.set_num_threads(1)
+    torch.set_num_threads(n)
     try:
         yield
     finally:
         torch.set_num_threads(threads)
+
+
+def one_torch_thread():
+    """Run torch on one thread. The examples are tiny, so a second thread brings nothing but a barrier per
+    operation, and on a loaded 2-core machine that barrier waits out a scheduler slice: ~16 ms per nn.Linear
+    instead of ~7 us, measured."""
+    return torch_threads(1)
 
 
 # Decoding settings under which the model-level generation tests run (both backends share them).
