@@ -158,7 +158,8 @@ def test_row_blocks_product_equals_f_linear(blocks, n_out, bias, stored_in_out):
         y = linear.row_blocks_product(x, blocks)
         assert y.shape == (1, 1, n_out)
         assert max_diff(y, F.linear(x, linear.weight, linear.bias)) <= 1e-5
-        assert max_diff(linear.row_blocks_product(x[0, 0], blocks), F.linear(x[0, 0], linear.weight, linear.bias)) <= 1e-5
+        row = x[0, 0]  # (in,): a 1-D row gives a 1-D (out,) result
+        assert max_diff(linear.row_blocks_product(row, blocks), F.linear(row, linear.weight, linear.bias)) <= 1e-5
 
 
 class RecordProducts(TorchDispatchMode):
