@@ -1,4 +1,5 @@
-"""The pieces of one transformer block, for each backend: LayerNorm, attention, MLP, the whole block.
+"""The pieces of one transformer block, for each backend: LayerNorm, attention, MLP, the whole block; and the
+lm_head.
 
 Each at T = 1 (one decoding step, attending to a KV cache of 128 positions) and T = 128 (a prompt).
 Layer 0 of the random GPT-2 124M; its weights are as large as every other layer's.
@@ -57,3 +58,11 @@ def test_block(benchmark, backend, hidden, T):
         benchmark(block, x, cache, start, mask)
     else:
         benchmark(block, x, cache, start)
+
+
+def test_lm_head(benchmark, backend, hidden):
+    """The tied lm_head on one position: wte (154 MB in float32), far larger than the caches, read from memory
+    on every call as in decoding, unlike a block's 28 MB, which stays in the 32 MB L3 cache between calls."""
+    name, dtype, model, to_input = backend
+    benchmark.group = "lm_head, one position"
+    benchmark(model.lm_head, to_input(hidden(1)))
