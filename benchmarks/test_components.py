@@ -17,6 +17,17 @@ def mode(T):
     return (0, T) if T > 1 else (CONTEXT, None)
 
 
+def benchmark_with_cache(benchmark, name, model, module, x):
+    """Benchmark module (layer 0's attention or block) on x (1, T, C) with a fresh KV cache of layer 0."""
+    model.allocate_kv_cache(1)
+    start, mask_size = mode(x.shape[1])
+    if name == "numpy":  # the NumPy forward builds the mask once per pass and hands it to every layer
+        mask = causal_mask(mask_size, mask_size, model.dtype) if mask_size else None
+        benchmark(module, x, model.kv_cache[0], start, mask)
+    else:
+        benchmark(module, x, model.kv_cache[0], start)
+
+
 @pytest.mark.parametrize("T", [1, 128])
 def test_layer_norm(benchmark, backend, hidden, T):
     name, dtype, model, to_input = backend
@@ -29,14 +40,7 @@ def test_layer_norm(benchmark, backend, hidden, T):
 def test_attention(benchmark, backend, hidden, T):
     name, dtype, model, to_input = backend
     benchmark.group = f"attention, T={T}" + (f", {CONTEXT} cached keys" if T == 1 else "")
-    model.allocate_kv_cache(1)
-    x, (start, mask_size) = to_input(hidden(T)), mode(T)
-    attn, cache = model.h[0].attn, model.kv_cache[0]
-    if name == "numpy":  # the NumPy forward builds the mask once per pass and hands it to every layer
-        mask = causal_mask(mask_size, mask_size, model.dtype) if mask_size else None
-        benchmark(attn, x, cache, start, mask)
-    else:
-        benchmark(attn, x, cache, start)
+    benchmark_with_cache(benchmark, name, model, model.h[0].attn, to_input(hidden(T)))
 
 
 @pytest.mark.parametrize("T", [1, 128])
@@ -50,14 +54,7 @@ def test_mlp(benchmark, backend, hidden, T):
 def test_block(benchmark, backend, hidden, T):
     name, dtype, model, to_input = backend
     benchmark.group = f"block, T={T}" + (f", {CONTEXT} cached keys" if T == 1 else "")
-    model.allocate_kv_cache(1)
-    x, (start, mask_size) = to_input(hidden(T)), mode(T)
-    block, cache = model.h[0], model.kv_cache[0]
-    if name == "numpy":
-        mask = causal_mask(mask_size, mask_size, model.dtype) if mask_size else None
-        benchmark(block, x, cache, start, mask)
-    else:
-        benchmark(block, x, cache, start)
+    benchmark_with_cache(benchmark, name, model, model.h[0], to_input(hidden(T)))
 
 
 def test_lm_head(benchmark, backend, hidden):
