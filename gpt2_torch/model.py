@@ -63,7 +63,7 @@ class Linear(nn.Linear):
       kernel at 26-32 GB/s when the weight is (out, in) contiguous, so oneDNN is switched off around the
       product. Another thread's product in that moment runs without oneDNN too, and torch.compile traces
       the plain product: this is for eager decoding.
-    Anything else (several rows, a GPU, float64) takes nn.Linear's own kernels."""
+    Anything else (several rows, a GPU, float64, float32 on one thread) takes nn.Linear's own kernels."""
 
     def forward(self, x):
         if x.device.type == "cpu" and x.numel() == self.in_features and x.dtype == self.weight.dtype:

@@ -100,7 +100,7 @@ def test_forward_returns_the_last_position_of_the_trace(checkpoint):
     assert max_diff(logits, model.trace(idx)["logits"][:, -1:, :]) <= 1e-12
 
 
-# --- LayerNorm and the two attention paths -----------------------------------------------------------
+# --- LayerNorm ---------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("bias", [True, False])
 @pytest.mark.parametrize("dtype, tolerance", [(torch.float64, 1e-12), (torch.float32, 1e-5), (torch.bfloat16, 2**-7)])
@@ -242,6 +242,8 @@ def test_decoding_on_two_threads_gives_the_traced_logits(small_checkpoint):
             model.kv_cache = None
     assert max_diff(torch.cat(steps, dim=1), expected) <= TOLERANCE["float32"]
 
+
+# --- the two attention paths -------------------------------------------------------------------------
 
 def test_sdpa_and_manual_attention_agree_in_prefill(checkpoint):
     """The fused kernel and the spelled-out masked softmax, in float64: both are the same sums, reordered,
