@@ -3,6 +3,7 @@
 from weights import GPTConfig
 
 from .device import resolve_device
-from .model import DTYPES, GPT, MLP, Block, CausalSelfAttention, LayerNorm, Linear
+from .model import DTYPES, GPT, MLP, Block, CausalSelfAttention, KVCache, LayerNorm
+from .one_row_products import OneRowLinear, use_one_row_products
 
-__all__ = ["GPT", "GPTConfig", "LayerNorm", "Linear", "CausalSelfAttention", "MLP", "Block", "DTYPES", "resolve_device"]
+__all__ = ["GPT", "GPTConfig", "LayerNorm", "KVCache", "OneRowLinear", "use_one_row_products", "CausalSelfAttention", "MLP", "Block", "DTYPES", "resolve_device"]

@@ -5,7 +5,6 @@ Parameter names are those of the GPT-2 checkpoint (see weights/loader.py), so we
 """
 
 import math
-import threading
 import warnings
 from collections import OrderedDict
 
@@ -16,9 +15,10 @@ from torch.nn import functional as F
 
 import weights
 from weights import GPTConfig
-from weights.sampling import generate_tokens
+from weights.sampling import cache_length, generate_tokens
 
 from .device import resolve_device
+from .one_row_products import use_one_row_products
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -47,65 +47,32 @@ class LayerNorm(nn.Module):
         return F.layer_norm(x, self.weight.shape, self.weight, self.bias, self.eps)
 
 
-# torch.backends.mkldnn.enabled is one flag for the whole process: one product at a time switches it off.
-onednn_switch = threading.Lock()
+class KVCache(nn.Module):
+    """The keys and values of one layer at every position so far: two preallocated (B, nh, L, hs) buffers.
 
+    Each step writes its new keys and values at their positions. The buffers keep their shape and address
+    for a whole generation, which is what a compiled decode step (and a CUDA graph, which replays fixed
+    addresses) needs. They start as zeros, not garbage: the static decode step attends over all L positions,
+    masking those not written yet, and a weight of 0 times a NaN left in memory would still be NaN."""
 
-class Linear(nn.Linear):
-    """nn.Linear, with faster kernels for one row on a CPU: the products of decoding.
+    def __init__(self, shape, dtype, device):
+        super().__init__()
+        self.register_buffer("k", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
+        self.register_buffer("v", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
 
-    A one-row product reads the whole weight for two flops per weight, so memory bandwidth sets its speed,
-    and on a CPU that takes every core reading. Measured on a 2-core EPYC (BENCHMARKS.md):
-    - float32: MKL multiplies one row on one core. One block of the weight's rows per thread, multiplied
-      as one batch (MKL's batched product runs the blocks on all threads), reads GPT-2's matrices 1.1-1.4x
-      faster, and decoding gets 1.3x faster.
-    - bfloat16 and float16: oneDNN's matmul reads one row's bfloat16 weight at 10-20 GB/s, ATen's own
-      kernel at 26-32 GB/s when the weight is (out, in) contiguous, so oneDNN is switched off around the
-      product. Another thread's product in that moment runs without oneDNN too, and torch.compile traces
-      the plain product: this is for eager decoding.
-    Anything else (several rows, a GPU, float64, float32 on one thread) takes nn.Linear's own kernels."""
-
-    def forward(self, x):
-        if x.device.type == "cpu" and x.numel() == self.in_features and x.dtype == self.weight.dtype:
-            threads = torch.get_num_threads()
-            mkl = torch.backends.mkl.is_available()
-            if x.dtype == torch.float32 and threads > 1 and mkl and self.out_features > 0:
-                return self.row_blocks_product(x, blocks=min(threads, self.out_features))
-            if x.dtype in (torch.bfloat16, torch.float16) and self.weight.is_contiguous():
-                return self.product_without_onednn(x)
-        return super().forward(x)
-
-    def row_blocks_product(self, x, blocks):
-        """x @ weight.T + bias for one row x (..., in), the weight's rows in blocks (any memory layout)."""
-        out, n_in = self.weight.shape
-        size = out // blocks  # rows per block; the out % blocks rows left over are multiplied on their own
-        split = blocks * size
-        w = self.weight[:split].view(blocks, size, n_in).transpose(1, 2)  # (blocks, in, size)
-        x_rows = x.reshape(1, 1, n_in).expand(blocks, 1, n_in)  # (blocks, 1, in), the same row for each block
-        if self.bias is None:
-            y = torch.bmm(x_rows, w).view(1, split)  # (1, split)
-        else:
-            y = torch.baddbmm(self.bias[:split].view(blocks, 1, size), x_rows, w).view(1, split)  # (1, split)
-        if split < out:
-            rest = self.bias[split:] if self.bias is not None else None
-            y = torch.cat([y, F.linear(x.reshape(1, n_in), self.weight[split:], rest)], dim=1)  # (1, out)
-        return y.view(x.shape[:-1] + (out,))  # (..., out)
-
-    def product_without_onednn(self, x):
-        with onednn_switch:
-            onednn, torch.backends.mkldnn.enabled = torch.backends.mkldnn.enabled, False
-            try:
-                return super().forward(x)
-            finally:
-                torch.backends.mkldnn.enabled = onednn
+    def update(self, pos, k, v, n_keys):
+        """Write k, v (B, nh, T, hs) at positions pos (T,); return the first n_keys keys and values."""
+        self.k.index_copy_(2, pos, k.to(self.k.dtype))
+        self.v.index_copy_(2, pos, v.to(self.v.dtype))
+        return self.k[:, :, :n_keys], self.v[:, :, :n_keys]  # 2 x (B, nh, n_keys, hs)
 
 
 class CausalSelfAttention(nn.Module):
     def __init__(self, config):
         super().__init__()
         assert config.n_embd % config.n_head == 0
-        self.c_attn = Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)  # q, k, v for all heads
-        self.c_proj = Linear(config.n_embd, config.n_embd, bias=config.bias)
+        self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)  # q, k, v for all heads
+        self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
         self.attn_dropout = nn.Dropout(config.dropout)
         self.resid_dropout = nn.Dropout(config.dropout)
         self.n_head = config.n_head
@@ -115,34 +82,31 @@ class CausalSelfAttention(nn.Module):
         # the same math spelled out, kept for older versions and tested equal.
         self.flash = hasattr(F, "scaled_dot_product_attention")
 
-    def forward(self, x, kv_cache=None, start=0):
+    def forward(self, x, kv_cache=None, pos=None, n_keys=None, mask=None):
+        """x (B, T, C) at positions pos (T,). With a kv_cache, its keys and values join the cache, and the queries
+        attend to the cache's first n_keys positions. mask (T, n_keys) bool says which keys each query sees;
+        None means causal with T == n_keys, or one query that sees every key."""
         B, T, C = x.size()
         q, k, v = self.c_attn(x).split(self.n_embd, dim=2)  # 3 x (B, T, C)
         q = q.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
         k = k.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
         v = v.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
-        if kv_cache is not None:  # append this step's keys and values, then attend to all S = start + T of them
-            k_cache, v_cache = kv_cache  # 2 x (B, nh, block_size, hs), preallocated
-            k_cache[:B, :, start : start + T] = k
-            v_cache[:B, :, start : start + T] = v
-            k, v = k_cache[:B, :, : start + T], v_cache[:B, :, : start + T]  # (B, nh, S, hs)
+        if kv_cache is not None:
+            k, v = kv_cache.update(pos, k, v, n_keys)  # (B, nh, n_keys, hs)
             q = q.to(k.dtype)  # the cache may be float32 in a half-precision model: see GPT.allocate_kv_cache
-        S = k.size(2)
-        # Query t (at absolute position start + t) may see keys 0 .. start + t: a causal mask aligned to the
-        # bottom-right corner. One query at the end of the cache (decoding) sees every key: no mask at all.
         dropout_p = self.dropout if self.training else 0.0
-        if self.flash and (T == 1 or T == S):
-            y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=T > 1)  # (B, nh, T, hs)
+        if self.flash:
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p,
+                                               is_causal=mask is None and T > 1)  # (B, nh, T, hs)
         else:
-            mask = torch.ones(T, S, dtype=torch.bool, device=x.device).tril(diagonal=S - T)  # (T, S)
-            if self.flash:
-                y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p)
-            else:
-                att = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(k.size(-1)))  # (B, nh, T, S)
+            att = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(k.size(-1)))  # (B, nh, T, S)
+            if mask is None and T > 1:
+                mask = torch.ones(T, T, dtype=torch.bool, device=x.device).tril()  # (T, T) causal
+            if mask is not None:
                 att = att.masked_fill(~mask, float("-inf"))
-                att = F.softmax(att, dim=-1)
-                att = self.attn_dropout(att)
-                y = att @ v  # (B, nh, T, S) x (B, nh, S, hs) -> (B, nh, T, hs)
+            att = F.softmax(att, dim=-1)
+            att = self.attn_dropout(att)
+            y = att @ v  # (B, nh, T, S) x (B, nh, S, hs) -> (B, nh, T, hs)
         y = y.transpose(1, 2).contiguous().view(B, T, C).to(x.dtype)  # (B, T, C) heads side by side again
         return self.resid_dropout(self.c_proj(y))
 
@@ -150,8 +114,8 @@ class CausalSelfAttention(nn.Module):
 class MLP(nn.Module):
     def __init__(self, config):
         super().__init__()
-        self.c_fc = Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
-        self.c_proj = Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
+        self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
+        self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
         self.dropout = nn.Dropout(config.dropout)
 
     def forward(self, x):
@@ -167,9 +131,9 @@ class Block(nn.Module):
         self.ln_2 = LayerNorm(config.n_embd, bias=config.bias)
         self.mlp = MLP(config)
 
-    def forward(self, x, kv_cache=None, start=0, trace=None, name="h"):
+    def forward(self, x, kv_cache=None, pos=None, n_keys=None, mask=None, trace=None, name="h"):
         ln_1 = self.ln_1(x)
-        attn = self.attn(ln_1, kv_cache, start)
+        attn = self.attn(ln_1, kv_cache, pos, n_keys, mask)
         x = x + attn  # residual around attention
         ln_2 = self.ln_2(x)
         mlp = self.mlp(ln_2)
@@ -188,9 +152,10 @@ class GPT(nn.Module):
         self.drop = nn.Dropout(config.dropout)
         self.h = nn.ModuleList([Block(config) for _ in range(config.n_layer)])
         self.ln_f = LayerNorm(config.n_embd, bias=config.bias)
-        self.lm_head = Linear(config.n_embd, config.vocab_size, bias=False)
+        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
         self.lm_head.weight = self.wte.weight  # tied: the output projection is the token embedding
-        self.kv_cache = None  # n_layer x (k, v), each (B, nh, block_size, hs); allocated by generate
+        self.kv_cache = None  # n_layer KVCaches, each (B, nh, L, hs) twice; allocated by generate
+        self.compiled_decode_step = None  # decode_step compiled: see compile_decode_step
 
     def forward(self, idx, start=0, trace=None):
         """Logits of the last position, (B, 1, vocab_size), as nanoGPT's inference forward.
@@ -200,11 +165,31 @@ class GPT(nn.Module):
         B, T = idx.size()
         assert start + T <= self.config.block_size, f"positions up to {start + T}, block_size is {self.config.block_size}"
         pos = torch.arange(start, start + T, dtype=torch.long, device=idx.device)  # (T,)
+        # Query t (at position start + t) sees keys 0 .. start + t: a causal mask aligned to the bottom-right
+        # corner. From an empty cache that is the plain causal mask, and one query sees every key: no mask.
+        mask = None
+        if start > 0 and T > 1:
+            mask = torch.ones(T, start + T, dtype=torch.bool, device=idx.device).tril(diagonal=start)  # (T, S)
+        return self.body(idx, pos, start + T, mask, trace)
+
+    def decode_step(self, idx, pos):
+        """Logits (B, vocab_size) of one new token per sequence, idx (B, 1), at position pos, a (1,) tensor.
+
+        The static-shape step: it attends over the whole KV cache, the positions after pos masked, so that every
+        call has the same shapes and runs the same code. torch.compile makes one graph of it (compile_decode_step),
+        which a GPU replays as a CUDA graph."""
+        L = self.kv_cache[0].k.size(2)
+        mask = (torch.arange(L, device=pos.device) <= pos).view(1, L)  # (1, L) the positions written, pos included
+        return self.body(idx, pos, L, mask)[:, -1, :]  # (B, vocab_size)
+
+    def body(self, idx, pos, n_keys, mask, trace=None):
+        """The transformer: tokens idx (B, T) at positions pos (T,), attending to n_keys cached keys under mask."""
         x = self.drop(self.wte(idx) + self.wpe(pos))  # (B, T, C) token + position embeddings
         if trace is not None:
             trace["embed"] = x
         for i, block in enumerate(self.h):
-            x = block(x, self.kv_cache[i] if self.kv_cache is not None else None, start, trace, f"h.{i}")
+            cache = self.kv_cache[i] if self.kv_cache is not None else None
+            x = block(x, cache, pos, n_keys, mask, trace, f"h.{i}")
         x = self.ln_f(x)  # (B, T, C)
         if trace is not None:
             trace["ln_f"] = x
@@ -236,14 +221,22 @@ class GPT(nn.Module):
 
     @torch.inference_mode()  # no_grad, and no version counters on the new tensors either: less work per step
     def generate_tokens(self, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None, rng=None, use_cache=True):
-        """Yield the new token ids (B,) one step at a time; the sampling is weights.sampling's, shared with NumPy."""
+        """Yield the new token ids (B,) one step at a time; the sampling is weights.sampling's, shared with NumPy.
+
+        After compile_decode_step, the one-token steps run the compiled decode_step; the prompt (and, past
+        block_size, the whole sliding window each step) runs eagerly."""
         idx = np.asarray(idx.cpu() if torch.is_tensor(idx) else idx, dtype=np.int64)  # (B, T)
         device = self.wte.weight.device
+        length = cache_length(idx.shape[1], max_new_tokens, self.config.block_size)
 
         def forward(ids, start):
+            ids = torch.from_numpy(ids).to(device)
             if start == 0 and use_cache:
-                self.allocate_kv_cache(ids.shape[0])
-            logits = self(torch.from_numpy(ids).to(device), start)[:, -1, :]  # (B, V)
+                self.allocate_kv_cache(ids.shape[0], length)
+            if start > 0 and self.compiled_decode_step is not None:
+                logits = self.compiled_decode_step(ids, torch.tensor([start], device=device))  # (B, V)
+            else:
+                logits = self(ids, start)[:, -1, :]  # (B, V)
             # float64 stays float64, as the NumPy float64 model hands it over; half types (NumPy has no
             # bfloat16) and float32 reach the sampler as float32.
             return logits.to(torch.float64 if logits.dtype == torch.float64 else torch.float32).cpu().numpy()
@@ -253,20 +246,29 @@ class GPT(nn.Module):
             yield from generate_tokens(forward, idx, max_new_tokens, self.config.block_size, rng,
                                        temperature, top_k, top_p, use_cache)
         finally:
-            self.kv_cache = None  # free it: block_size x n_layer x 2 x n_embd values per sequence
+            self.kv_cache = None  # free it: length x n_layer x 2 x n_embd values per sequence
 
-    def allocate_kv_cache(self, batch_size):
-        """Preallocate the keys and values of every layer for batch_size sequences of up to block_size tokens."""
+    def compile_decode_step(self, **options):
+        """Compile decode_step into one graph (fullgraph: a graph break is an error, not a slow path) for
+        generate_tokens to use. On a GPU it is captured as a CUDA graph (mode="reduce-overhead"): one launch
+        replays every kernel of the step. options go to torch.compile."""
+        if self.wte.weight.device.type == "cuda":
+            options.setdefault("mode", "reduce-overhead")
+        self.compiled_decode_step = torch.compile(self.decode_step, fullgraph=True, **options)
+        return self
+
+    def allocate_kv_cache(self, batch_size, length=None):
+        """Preallocate the keys and values of every layer for batch_size sequences of up to length tokens
+        (default block_size); a cache of that shape and dtype already there is kept, as it is."""
         c, w = self.config, self.wte.weight
-        shape = (batch_size, c.n_head, c.block_size, c.n_embd // c.n_head)  # (B, nh, block_size, hs)
+        shape = (batch_size, c.n_head, length or c.block_size, c.n_embd // c.n_head)  # (B, nh, L, hs)
         # A half-precision model on the CPU attends in float32, so its cache is float32: the CPU's kernels for
         # the small products of attention are ~5x slower in bfloat16 (measured, BENCHMARKS.md), and the cache
         # is small beside the weights.
         half_on_cpu = w.device.type == "cpu" and w.dtype in (torch.float16, torch.bfloat16)
         dtype = torch.float32 if half_on_cpu else w.dtype
-        if self.kv_cache is None or self.kv_cache[0][0].shape != shape or self.kv_cache[0][0].dtype != dtype:
-            self.kv_cache = [(w.new_empty(shape, dtype=dtype), w.new_empty(shape, dtype=dtype))
-                             for _ in range(c.n_layer)]
+        if self.kv_cache is None or self.kv_cache[0].k.shape != shape or self.kv_cache[0].k.dtype != dtype:
+            self.kv_cache = nn.ModuleList(KVCache(shape, dtype, w.device) for _ in range(c.n_layer))
 
     @classmethod
     def from_pretrained(cls, source, device="cpu", dtype="float32"):
@@ -298,4 +300,6 @@ class GPT(nn.Module):
         state["lm_head.weight"] = state["wte.weight"]
         model.load_state_dict(state, assign=True, strict=True)
         model.lm_head.weight = model.wte.weight  # assign=True replaced the tied parameter: tie it again
+        if device.type == "cpu":
+            use_one_row_products(model)
         return model.eval()

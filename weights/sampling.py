@@ -67,6 +67,13 @@ def top_k_ids(row: np.ndarray, k: int) -> np.ndarray:
     return np.sort(np.argpartition(row, V - k)[V - k:])
 
 
+def cache_length(prompt_tokens: int, max_new_tokens: int, block_size: int) -> int:
+    """How many positions the KV cache of a generation needs: the prompt and the new tokens, rounded up to a
+    multiple of 64 so that generations of similar lengths share one shape (and one compiled decode step), and
+    at most block_size: past it the window slides and the cache is rebuilt from the window every step."""
+    return min(block_size, -(-(prompt_tokens + max_new_tokens) // 64) * 64)
+
+
 def generate_tokens(
     forward: Callable[[np.ndarray, int], np.ndarray],
     idx: np.ndarray,
