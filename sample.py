@@ -40,7 +40,9 @@ def parse_args(argv=None):
     p.add_argument("--backend", choices=("torch", "numpy"), default="torch", help="the implementation (default: torch)")
     p.add_argument("--dtype", choices=("float32", "float64", "bfloat16", "float16"), default="float32",
                    help="torch: all four; numpy: float32 or float64 (default: float32)")
-    p.add_argument("--compile", action="store_true", help="torch.compile the model (torch backend only)")
+    p.add_argument("--compile", action="store_true",
+                   help="compile the decoding step into one graph with torch.compile, a CUDA graph on a GPU (torch "
+                        "backend only; the first sample waits for the compiler, see the README)")
     args = p.parse_args(argv)
     if args.backend == "numpy":
         if args.device != "cpu":
@@ -61,7 +63,7 @@ def load_model(args):
 
     model = GPT.from_pretrained(args.init_from, device=args.device, dtype=args.dtype)
     if args.compile:
-        model.compile(dynamic=True)
+        model.compile_decode_step()
     return model
 
 

@@ -39,6 +39,7 @@ from pathlib import Path
 import numpy as np
 
 import weights
+from weights.sampling import cache_length
 from benchmarks import common
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -162,8 +163,8 @@ def peak_rss(contender):
                        rng=np.random.default_rng(0))
     after = status_kib()
     ru_maxrss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, including the loading
-    model.allocate_kv_cache(1)  # the cache generate allocates (no pages touched: not resident)
-    kv_cache_bytes = sum(array.nbytes for layer in model.kv_cache for array in layer)
+    model.allocate_kv_cache(1, cache_length(PROMPT_TOKENS, NEW_TOKENS, model.config.block_size))  # generate's
+    kv_cache_bytes = sum(layer.k.nbytes + layer.v.nbytes for layer in model.kv_cache)
     send({"baseline_kib": baseline, "loaded_kib": loaded, "peak_kib": after["VmHWM"], "ru_maxrss_kib": ru_maxrss,
           "weight_bytes": weight_bytes(model.config) * {"float32": 4, "bfloat16": 2}[dtype],
           "kv_cache_bytes": kv_cache_bytes})

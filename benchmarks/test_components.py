@@ -5,7 +5,9 @@ Each at T = 1 (one decoding step, attending to a KV cache of 128 positions) and 
 Layer 0 of the random GPT-2 124M; its weights are as large as every other layer's.
 """
 
+import numpy as np
 import pytest
+import torch
 
 from gpt2_numpy import causal_mask
 
@@ -21,11 +23,12 @@ def benchmark_with_cache(benchmark, name, model, module, x):
     """Benchmark module (layer 0's attention or block) on x (1, T, C) with a fresh KV cache of layer 0."""
     model.allocate_kv_cache(1)
     start, mask_size = mode(x.shape[1])
+    T = x.shape[1]
     if name == "numpy":  # the NumPy forward builds the mask once per pass and hands it to every layer
         mask = causal_mask(mask_size, mask_size, model.dtype) if mask_size else None
-        benchmark(module, x, model.kv_cache[0], start, mask)
-    else:
-        benchmark(module, x, model.kv_cache[0], start)
+        benchmark(module, x, model.kv_cache[0], np.arange(start, start + T), start + T, mask)
+    else:  # no mask: sdpa's own causal mask for the prompt, none for one query
+        benchmark(module, x, model.kv_cache[0], torch.arange(start, start + T), start + T)
 
 
 @pytest.mark.parametrize("T", [1, 128])

@@ -2,7 +2,7 @@
 
 from weights import GPTConfig
 
-from .model import DTYPES, GPT, MLP, Block, CausalSelfAttention, LayerNorm, Linear, attention, causal_mask, gelu, layer_norm, softmax
+from .model import DTYPES, GPT, MLP, Block, CausalSelfAttention, KVCache, LayerNorm, Linear, attention, causal_mask, gelu, layer_norm, softmax
 
-__all__ = ["GPT", "GPTConfig", "LayerNorm", "Linear", "CausalSelfAttention", "MLP", "Block", "DTYPES",
+__all__ = ["GPT", "GPTConfig", "LayerNorm", "Linear", "KVCache", "CausalSelfAttention", "MLP", "Block", "DTYPES",
            "attention", "causal_mask", "gelu", "layer_norm", "softmax"]

@@ -12,7 +12,7 @@ import numpy as np
 
 import weights
 from weights import GPTConfig
-from weights.sampling import generate_tokens
+from weights.sampling import cache_length, generate_tokens
 
 DTYPES = {"float32": np.float32, "float64": np.float64}
 
@@ -91,6 +91,20 @@ class LayerNorm:
         return layer_norm(x, self.weight, self.bias)
 
 
+class KVCache:
+    """The keys and values of one layer at every position so far: two preallocated (B, nh, L, hs) arrays,
+    written at each step's positions (gpt2_torch's KVCache, which a compiled step needs at fixed addresses)."""
+
+    def __init__(self, shape, dtype):
+        self.k, self.v = np.empty(shape, dtype), np.empty(shape, dtype)
+
+    def update(self, pos, k, v, n_keys):
+        """Write k, v (B, nh, T, hs) at positions pos (T,); return the first n_keys keys and values."""
+        self.k[:, :, pos] = k
+        self.v[:, :, pos] = v
+        return self.k[:, :, :n_keys], self.v[:, :, :n_keys]  # 2 x (B, nh, n_keys, hs)
+
+
 class CausalSelfAttention:
     def __init__(self, config, p, prefix):
         self.c_attn = Linear(p[f"{prefix}.c_attn.weight"], p.get(f"{prefix}.c_attn.bias"))
@@ -98,15 +112,14 @@ class CausalSelfAttention:
         self.n_head = config.n_head
         self.n_embd = config.n_embd
 
-    def __call__(self, x, kv_cache=None, start=0, mask=None):
+    def __call__(self, x, kv_cache=None, pos=None, n_keys=None, mask=None):
+        """x (B, T, C) at positions pos (T,). With a kv_cache, its keys and values join the cache, and the queries
+        attend to the cache's first n_keys positions. mask (T, n_keys) is causal, or None: one query, every key."""
         B, T, C = x.shape
         qkv = self.c_attn(x).reshape(B, T, 3, self.n_head, C // self.n_head)  # (B, T, 3, nh, hs)
         q, k, v = qkv.transpose(2, 0, 3, 1, 4)  # 3 x (B, nh, T, hs)
-        if kv_cache is not None:  # append this step's keys and values, then attend to all S = start + T of them
-            k_cache, v_cache = kv_cache  # 2 x (B, nh, block_size, hs), preallocated
-            k_cache[:B, :, start : start + T] = k
-            v_cache[:B, :, start : start + T] = v
-            k, v = k_cache[:B, :, : start + T], v_cache[:B, :, : start + T]  # (B, nh, S, hs)
+        if kv_cache is not None:
+            k, v = kv_cache.update(pos, k, v, n_keys)  # (B, nh, n_keys, hs)
         y = causal_attention(q, k, v, mask)  # (B, nh, T, hs)
         y = y.transpose(0, 2, 1, 3).reshape(B, T, C)  # (B, T, C) heads side by side again
         return self.c_proj(y)
@@ -128,9 +141,9 @@ class Block:
         self.ln_2 = LayerNorm(p[f"{prefix}.ln_2.weight"], p.get(f"{prefix}.ln_2.bias"))
         self.mlp = MLP(config, p, f"{prefix}.mlp")
 
-    def __call__(self, x, kv_cache=None, start=0, mask=None, trace=None, name="h"):
+    def __call__(self, x, kv_cache=None, pos=None, n_keys=None, mask=None, trace=None, name="h"):
         ln_1 = self.ln_1(x)
-        attn = self.attn(ln_1, kv_cache, start, mask)
+        attn = self.attn(ln_1, kv_cache, pos, n_keys, mask)
         x = x + attn  # residual around attention
         ln_2 = self.ln_2(x)
         mlp = self.mlp(ln_2)
@@ -149,7 +162,7 @@ class GPT:
         self.wpe = params["wpe.weight"]  # (block_size, C)
         self.h = [Block(config, params, f"h.{i}") for i in range(config.n_layer)]
         self.ln_f = LayerNorm(params["ln_f.weight"], params.get("ln_f.bias"))
-        self.kv_cache = None  # n_layer x (k, v), each (B, nh, block_size, hs); allocated by generate
+        self.kv_cache = None  # n_layer KVCaches, each (B, nh, L, hs) twice; allocated by generate
 
     def lm_head(self, x):
         return x @ self.wte.T  # (..., C) x (C, vocab_size) -> (..., vocab_size), tied to the token embedding
@@ -162,13 +175,19 @@ class GPT:
         idx = np.asarray(idx)
         B, T = idx.shape
         assert start + T <= self.config.block_size, f"positions up to {start + T}, block_size is {self.config.block_size}"
-        x = self.wte[idx] + self.wpe[start : start + T]  # (B, T, C) token + position embeddings
-        if trace is not None:
-            trace["embed"] = x
+        pos = np.arange(start, start + T)  # (T,)
         # One query at the end of the cache (decoding) sees every key; otherwise one mask serves every layer.
         mask = causal_mask(T, start + T, self.dtype) if T > 1 else None  # (T, S)
+        return self.body(idx, pos, start + T, mask, trace)
+
+    def body(self, idx, pos, n_keys, mask, trace=None):
+        """The transformer: tokens idx (B, T) at positions pos (T,), attending to n_keys cached keys under mask."""
+        x = self.wte[idx] + self.wpe[pos]  # (B, T, C) token + position embeddings
+        if trace is not None:
+            trace["embed"] = x
         for i, block in enumerate(self.h):
-            x = block(x, self.kv_cache[i] if self.kv_cache is not None else None, start, mask, trace, f"h.{i}")
+            cache = self.kv_cache[i] if self.kv_cache is not None else None
+            x = block(x, cache, pos, n_keys, mask, trace, f"h.{i}")
         x = self.ln_f(x)  # (B, T, C)
         if trace is not None:
             trace["ln_f"] = x
@@ -195,25 +214,28 @@ class GPT:
 
     def generate_tokens(self, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None, rng=None, use_cache=True):
         """Yield the new token ids (B,) one step at a time; the sampling is weights.sampling's, shared with torch."""
+        idx = np.asarray(idx, dtype=np.int64)  # (B, T)
+        length = cache_length(idx.shape[1], max_new_tokens, self.config.block_size)
 
         def forward(ids, start):
             if start == 0 and use_cache:
-                self.allocate_kv_cache(ids.shape[0])
+                self.allocate_kv_cache(ids.shape[0], length)
             return self(ids, start)[:, -1, :]  # (B, V)
 
         rng = rng if rng is not None else np.random.default_rng()
         try:
-            yield from generate_tokens(forward, np.asarray(idx, dtype=np.int64), max_new_tokens,
-                                       self.config.block_size, rng, temperature, top_k, top_p, use_cache)
+            yield from generate_tokens(forward, idx, max_new_tokens, self.config.block_size, rng,
+                                       temperature, top_k, top_p, use_cache)
         finally:
-            self.kv_cache = None  # free it: block_size x n_layer x 2 x n_embd values per sequence
+            self.kv_cache = None  # free it: length x n_layer x 2 x n_embd values per sequence
 
-    def allocate_kv_cache(self, batch_size):
-        """Preallocate the keys and values of every layer for batch_size sequences of up to block_size tokens."""
+    def allocate_kv_cache(self, batch_size, length=None):
+        """Preallocate the keys and values of every layer for batch_size sequences of up to length tokens
+        (default block_size); a cache of that shape already there is kept, as it is."""
         c = self.config
-        shape = (batch_size, c.n_head, c.block_size, c.n_embd // c.n_head)  # (B, nh, block_size, hs)
-        if self.kv_cache is None or self.kv_cache[0][0].shape != shape:
-            self.kv_cache = [(np.empty(shape, self.dtype), np.empty(shape, self.dtype)) for _ in range(c.n_layer)]
+        shape = (batch_size, c.n_head, length or c.block_size, c.n_embd // c.n_head)  # (B, nh, L, hs)
+        if self.kv_cache is None or self.kv_cache[0].k.shape != shape:
+            self.kv_cache = [KVCache(shape, self.dtype) for _ in range(c.n_layer)]
 
     @classmethod
     def from_pretrained(cls, source, dtype="float32"):

@@ -4,6 +4,7 @@ Read it beside gpt2_numpy/model.py: the classes, their attributes and the trace 
 Parameter names are those of the GPT-2 checkpoint (see weights/loader.py), so weights map one to one.
 """
 
+import logging
 import math
 import warnings
 from collections import OrderedDict
@@ -230,7 +231,7 @@ class GPT(nn.Module):
         length = cache_length(idx.shape[1], max_new_tokens, self.config.block_size)
 
         def forward(ids, start):
-            ids = torch.from_numpy(ids).to(device)
+            ids = torch.from_numpy(np.ascontiguousarray(ids)).to(device)  # a slice's strides would recompile the step
             if start == 0 and use_cache:
                 self.allocate_kv_cache(ids.shape[0], length)
             if start > 0 and self.compiled_decode_step is not None:
@@ -246,7 +247,11 @@ class GPT(nn.Module):
             yield from generate_tokens(forward, idx, max_new_tokens, self.config.block_size, rng,
                                        temperature, top_k, top_p, use_cache)
         finally:
-            self.kv_cache = None  # free it: length x n_layer x 2 x n_embd values per sequence
+            # Free it (length x n_layer x 2 x n_embd values per sequence), unless a compiled step will use it
+            # again: the next generation of the same shape then reuses the same buffers at the same addresses,
+            # so a CUDA graph is replayed, not recorded anew.
+            if self.compiled_decode_step is None:
+                self.kv_cache = None
 
     def compile_decode_step(self, **options):
         """Compile decode_step into one graph (fullgraph: a graph break is an error, not a slow path) for
@@ -254,6 +259,14 @@ class GPT(nn.Module):
         replays every kernel of the step. options go to torch.compile."""
         if self.wte.weight.device.type == "cuda":
             options.setdefault("mode", "reduce-overhead")
+        else:  # inductor imports cpp_extension, which logs "No CUDA runtime is found" on a CPU-only machine
+            log = logging.getLogger("torch.utils.cpp_extension")
+            level = log.level
+            log.setLevel(logging.ERROR)
+            try:
+                import torch.utils.cpp_extension  # noqa: F401
+            finally:
+                log.setLevel(level)
         self.compiled_decode_step = torch.compile(self.decode_step, fullgraph=True, **options)
         return self
 

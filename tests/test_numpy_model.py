@@ -81,7 +81,7 @@ def test_every_activation_keeps_the_model_dtype(checkpoint, dtype):
     try:
         assert model(idx[:, :5], 0).dtype == model(idx[:, 5:], 5).dtype == np.dtype(dtype)  # cached, T > 1 at start > 0
         assert model(idx[:, :1], 9).dtype == np.dtype(dtype)  # one cached decoding step (no mask)
-        assert all(k.dtype == v.dtype == np.dtype(dtype) for k, v in model.kv_cache)
+        assert all(layer.k.dtype == layer.v.dtype == np.dtype(dtype) for layer in model.kv_cache)
     finally:
         model.kv_cache = None
 

@@ -16,8 +16,8 @@ import torch
 from torch.nn import functional as F
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from gpt2_torch import GPT, LayerNorm, Linear, resolve_device
-from gpt2_torch.model import onednn_switch
+from gpt2_torch import GPT, LayerNorm, OneRowLinear, resolve_device
+from gpt2_torch.one_row_products import onednn_switch
 from weights.sampling import sample_next
 from tests.strategies import SAMPLING, torch_threads
 
@@ -129,13 +129,13 @@ def test_layer_norm_equals_the_formula_in_float64(bias, dtype, tolerance):
     assert ((y.double() - expected).abs() / expected.abs().clamp(min=1)).max().item() <= tolerance
 
 
-# --- Linear: the one-row kernels of decoding on a CPU -------------------------------------------------
+# --- OneRowLinear: the one-row kernels of decoding on a CPU -------------------------------------------------
 
 def random_linear(n_in, n_out, bias, dtype, stored_in_out=False, seed=0):
-    """A Linear with weights N(0, 1/n_in), its weight stored (out, in) or (in, out) (as from_pretrained stores
+    """A OneRowLinear with weights N(0, 1/n_in), its weight stored (out, in) or (in, out) (as from_pretrained stores
     c_attn and c_fc in float32), and a row x N(0, 1): outputs of order 1."""
     generator = torch.Generator().manual_seed(seed)
-    linear = Linear(n_in, n_out, bias=bias)
+    linear = OneRowLinear(n_in, n_out, bias=bias)
     weight = torch.randn(n_out, n_in, generator=generator) / n_in**0.5
     linear.weight = torch.nn.Parameter(weight.t().contiguous().t() if stored_in_out else weight)
     if bias:
@@ -148,7 +148,7 @@ def random_linear(n_in, n_out, bias, dtype, stored_in_out=False, seed=0):
 @pytest.mark.parametrize("bias", [True, False])
 @pytest.mark.parametrize("stored_in_out", [False, True])
 def test_row_blocks_product_equals_f_linear(blocks, n_out, bias, stored_in_out):
-    """Linear.row_blocks_product (the weight's rows in blocks, a batched product, the rows left over on their
+    """OneRowLinear.row_blocks_product (the weight's rows in blocks, a batched product, the rows left over on their
     own) against F.linear, in float32, for either memory layout of the weight. Each output is the same
     64-term dot product in both, summed by other kernels: outputs of order 1 land ~1e-7 apart (64
     roundings of 6e-8); 1e-5 still catches a block multiplied by the wrong rows, or a bias added twice or
@@ -228,7 +228,7 @@ def test_a_failing_half_precision_product_still_restores_onednn():
 
 
 def test_decoding_on_two_threads_gives_the_traced_logits(small_checkpoint):
-    """Every step of a cached decode on 2 threads (Linear's row blocks) against the logits of one forward
+    """Every step of a cached decode on 2 threads (OneRowLinear's row blocks) against the logits of one forward
     pass over the whole sequence on 1 thread (the plain kernels), in float32: the same sums in other orders,
     so TOLERANCE["float32"] of the module docstring."""
     model, idx = load(small_checkpoint.path), random_ids(small_checkpoint, 1, 12, seed=5)
