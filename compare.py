@@ -3,12 +3,22 @@
     uv run compare.py --init-from gpt2
     uv run compare.py --init-from gpt2 --dtype bfloat16 --reference transformers --greedy 20
     uv run compare.py --init-from out/ckpt.pt --json report.json --plot report.png
+    uv run compare.py --init-from gpt2 --save-trace gpt2.trace.safetensors       # on one machine, then
+    uv run compare.py --init-from gpt2 --device cuda --reference gpt2.trace.safetensors   # on another
 
 The prompt runs through the torch and the NumPy backend in --dtype, and through a reference in float64:
 the NumPy backend (default), the torch backend, or transformers' GPT2LMHeadModel read from the same
 files. Every activation of the trace (embed; per block ln_1, attn, ln_2, mlp and the block's output
 h.{i}; ln_f; logits) is compared with the reference's, and the first one out of tolerance is marked:
 a bug shows where it happens, not layers later in the logits.
+
+--save-trace PATH writes the reference's float64 trace and the prompt's ids to a .safetensors file
+(layout: weights/trace_file.py, and the README); --reference PATH compares the backends with such a file
+instead of a model, on that file's prompt. So a GPU run is checked against a CPU float64 trace made on
+another machine, and any other implementation that writes the same file is checked layer by layer.
+
+On CUDA, float32 means float32: compare.py switches TF32 off for matrix products (and cuDNN), so a float32
+column never computes with TF32's 10-bit mantissa behind the tolerances' back.
 
 With --reference transformers the table has a third column, "numpy float64": the NumPy backend in
 float64 against transformers, judged by the float64 tolerances. So one run shows both that the backends
@@ -61,6 +71,7 @@ import numpy as np
 
 import gpt2_numpy
 from weights import WeightsError, cli, tokenizer
+from weights.trace_file import as_float64, load_trace, save_trace
 
 DEFAULT_PROMPT = "Hello, I'm a language model, and I compute the same function in PyTorch as in NumPy."
 DTYPES = ("float32", "float64", "bfloat16")
@@ -81,15 +92,6 @@ class LayerDiff:
     cosine: float
     tolerance: float  # atol + rtol * max |reference|
     ok: bool
-
-
-def as_float64(x) -> np.ndarray:
-    """A torch tensor (any dtype, any device) or a NumPy array, as a float64 NumPy array."""
-    if hasattr(x, "detach"):  # a torch tensor: torch is imported only when a torch model is in play
-        import torch
-
-        return x.detach().to("cpu", torch.float64).numpy()
-    return np.asarray(x, dtype=np.float64)
 
 
 def layer_diff(name, actual, reference, atol, rtol) -> LayerDiff:
@@ -215,6 +217,20 @@ class TransformersGPT:
         return np.concatenate([idx, *[t[:, None] for t in steps]], axis=1)  # (B, T + max_new_tokens)
 
 
+class TraceFile:
+    """A golden trace (weights/trace_file.py) as a reference: the activations of a forward pass over the file's
+    own prompt, computed elsewhere (another machine, another implementation). It cannot decode."""
+
+    def __init__(self, path):
+        self.path = path
+        self.config, self.prompt_ids, self.activations, self.computed_by = load_trace(path)
+
+    def trace(self, idx) -> OrderedDict:
+        if not np.array_equal(np.asarray(idx), self.prompt_ids):
+            raise ValueError(f"{self.path} traces another prompt")
+        return self.activations
+
+
 def load_subjects(source, dtype, device, reference) -> tuple[list[Subject], Subject]:
     """The torch and NumPy backends in dtype (NumPy: float32 for bfloat16), and the float64 reference on the CPU.
     Against transformers, the NumPy backend in float64 too, unless dtype is float64 already.
@@ -232,6 +248,8 @@ def load_subjects(source, dtype, device, reference) -> tuple[list[Subject], Subj
         return subjects, Subject("numpy", "float64", numpy_float64)
     if reference == "torch":
         return subjects, Subject("torch", "float64", gpt2_torch.GPT.from_pretrained(source, dtype="float64"))
+    if isinstance(reference, TraceFile):
+        return subjects, Subject("trace", "float64", reference)
     if numpy_float64 is not None:  # our arithmetic, nearly exact, against an independent implementation's
         subjects.append(Subject("numpy", "float64", numpy_float64, name="numpy-float64"))
     return subjects, Subject("transformers", "float64", TransformersGPT(source, numpy_model.config))
@@ -280,6 +298,7 @@ class Report:
     idx: np.ndarray  # (1, T) the prompt
     columns: list[Column]
     reference_tokens: list[int] | None = None
+    expected: OrderedDict = field(default_factory=OrderedDict)  # the reference's trace, float64
     meta: dict = field(default_factory=dict)  # source, device: for the header and the JSON
 
     @property
@@ -309,7 +328,7 @@ def compare(subjects, reference, idx, atol=None, rtol=None, greedy=0) -> Report:
         if greedy:
             column.greedy = greedy_agreement(subject.model, reference.model, idx, reference_tokens, a, r)
         columns.append(column)
-    return Report(reference, idx, columns, reference_tokens)
+    return Report(reference, idx, columns, reference_tokens, expected)
 
 
 def greedy_tokens(model, idx, n) -> list[int]:
@@ -335,11 +354,14 @@ def greedy_agreement(model, reference_model, idx, reference_tokens, atol, rtol) 
 
 def header_lines(report: Report) -> list[str]:
     meta, ref = report.meta, report.reference
+    where_ref = f" ({ref.model.path}, computed by {ref.model.computed_by})" if isinstance(ref.model, TraceFile) else " (cpu)"
     lines = [f"checkpoint: {meta.get('source', '?')}  ({meta.get('config', '')})",
-             f"prompt: {report.idx.shape[1]} tokens; reference: {ref.title} (cpu)"]  # fmt: skip
+             f"prompt: {report.idx.shape[1]} tokens; reference: {ref.title}{where_ref}"]  # fmt: skip
     for c in report.columns:
         s = c.subject
         where = f" on {meta['device']}" if s.label == "torch" and "device" in meta else ""
+        if where and meta["device"].startswith("cuda") and s.dtype == "float32":
+            where += " (TF32 off: float32 products in float32)"
         note = " (NumPy has no bfloat16)" if s.name == "numpy" and meta.get("dtype") == "bfloat16" else ""
         lines.append(f"under test: {s.title}{where}{note}: pass if {CRITERION}, "
                      f"atol={c.atol:g} rtol={c.rtol:g}")
@@ -544,16 +566,21 @@ def parse_args(argv=None):
     p.add_argument("--init-from", "--init_from", dest="init_from", required=True,
                    help="gpt2, gpt2-medium, gpt2-large, gpt2-xl, distilgpt2 (Hugging Face hub, cached), or the path "
                         "of a Hugging Face directory, a .safetensors file or a nanoGPT ckpt.pt")
-    p.add_argument("--start", default=DEFAULT_PROMPT,
-                   help=f"the prompt; FILE:path reads it from a file (default: {DEFAULT_PROMPT!r})")
+    p.add_argument("--start", default=None,
+                   help=f"the prompt; FILE:path reads it from a file; not with a trace file as --reference, which "
+                        f"holds its prompt (default: {DEFAULT_PROMPT!r})")
     p.add_argument("--device", default="cpu", help="where the torch backend runs: cpu, cuda, cuda:N, mps; NumPy and "
                    "the reference run on the CPU (default: cpu)")
     p.add_argument("--dtype", choices=DTYPES, default="float32",
                    help="the backends' dtype; NumPy, having no bfloat16, computes in float32 then (default: float32)")
-    p.add_argument("--reference", choices=REFERENCES, default="numpy-float64",
-                   help="numpy-float64, torch (the torch backend in float64) or transformers (GPT2LMHeadModel in "
+    p.add_argument("--reference", default="numpy-float64",
+                   help="numpy-float64, torch (the torch backend in float64), transformers (GPT2LMHeadModel in "
                         "float64, needs transformers; adds a third column, the NumPy backend in float64 against it "
-                        "with the float64 tolerances) (default: numpy-float64)")
+                        "with the float64 tolerances), or the path of a trace file written by --save-trace "
+                        "(default: numpy-float64)")
+    p.add_argument("--save-trace", "--save_trace", dest="save_trace", metavar="PATH",
+                   help="write the reference's float64 activations and the prompt's ids to PATH (.safetensors; "
+                        "layout in the README), for --reference PATH on another machine or implementation")
     p.add_argument("--atol", type=cli.number(float, 0), help="absolute tolerance (default: by dtype, below)")
     p.add_argument("--rtol", type=cli.number(float, 0),
                    help="tolerance per unit of max |reference| (default: by dtype, below)")
@@ -562,11 +589,18 @@ def parse_args(argv=None):
     p.add_argument("--json", metavar="PATH", help="write the report as JSON")
     p.add_argument("--plot", metavar="PATH", help="write a PNG of the error per activation (needs matplotlib)")
     args = p.parse_args(argv)
+    if args.reference not in REFERENCES:
+        if not Path(args.reference).is_file():
+            p.error(f"--reference {args.reference}: neither {', '.join(REFERENCES)} nor a trace file")
+        for option, value in (("--start", args.start), ("--greedy", args.greedy), ("--save-trace", args.save_trace)):
+            if value:
+                p.error(f"{option}: not with a trace file as --reference (it holds the prompt, and no model to decode)")
+    args.start = DEFAULT_PROMPT if args.start is None else args.start
     if args.reference == "transformers" and importlib.util.find_spec("transformers") is None:
         p.error("--reference transformers needs the transformers package (pip install transformers)")
     if args.plot and importlib.util.find_spec("matplotlib") is None:
         p.error("--plot needs matplotlib (pip install matplotlib)")
-    for option, path in (("--json", args.json), ("--plot", args.plot)):
+    for option, path in (("--json", args.json), ("--plot", args.plot), ("--save-trace", args.save_trace)):
         if path and not Path(path).resolve().parent.is_dir():  # say so now, not after a long comparison
             p.error(f"{option} {path}: no such directory {Path(path).resolve().parent}")
     return args
@@ -595,15 +629,31 @@ def main(argv=None) -> int:
     except ValueError as e:
         fail(e)
     try:
-        subjects, reference = load_subjects(args.init_from, args.dtype, args.device, args.reference)
+        reference = args.reference if args.reference in REFERENCES else TraceFile(args.reference)
+        subjects, reference = load_subjects(args.init_from, args.dtype, args.device, reference)
     except (WeightsError, tokenizer.TokenizerError, ValueError, OSError, RuntimeError) as e:
         fail(e)
-    config = reference.model.config
-    idx = prompt_ids(text, config)
+    config = subjects[0].model.config
+    if isinstance(reference.model, TraceFile):
+        if vars(reference.model.config) != vars(config):
+            fail(f"{args.reference} traces another model: {vars(reference.model.config)}, the checkpoint's is "
+                 f"{vars(config)}")
+        idx = reference.model.prompt_ids
+    else:
+        idx = prompt_ids(text, config)
+    if args.device.startswith("cuda"):
+        import torch
+
+        torch.backends.cuda.matmul.allow_tf32 = False  # float32 products in float32 (see the module docstring)
+        torch.backends.cudnn.allow_tf32 = False
     try:
         report = compare(subjects, reference, idx, args.atol, args.rtol, args.greedy)
+        if args.save_trace:
+            save_trace(args.save_trace, report.expected, idx, config, reference.title)
     except RuntimeError as e:  # torch's: CUDA out of memory, a device-side failure
         fail(e)
+    except OSError as e:
+        fail(f"cannot write {e.filename or args.save_trace}: {e.strerror or e}")
     report.meta = {"source": str(args.init_from), "dtype": args.dtype, "device": args.device,
                    "config": f"{config.n_layer} layers, {config.n_head} heads, n_embd {config.n_embd}, "
                              f"vocab {config.vocab_size}, block_size {config.block_size}"}  # fmt: skip

@@ -315,11 +315,92 @@ def test_plot_writes_a_png(failing_report, small_checkpoint, tmp_path, capsys):
         assert data.startswith(b"\x89PNG\r\n\x1a\n") and len(data) > 10_000
 
 
+# --- golden traces: --save-trace, --reference PATH ---------------------------------------------------
+
+def test_a_saved_trace_is_the_reference_elsewhere(odd_checkpoint, tmp_path, capsys):
+    """--save-trace writes the reference's float64 trace with its prompt and config; --reference PATH then
+    judges the backends against the file alone, on its prompt, as it would on another machine."""
+    from weights.trace_file import FORMAT, load_trace
+
+    path = tmp_path / "odd.trace.safetensors"
+    assert compare.main(["--init-from", str(odd_checkpoint.path), "--save-trace", str(path), "--start", "Hi there"]) == 0
+    config, ids, activations, computed_by = load_trace(path)
+    assert (config.n_layer, config.n_embd, config.block_size) == (3, 80, 48) and computed_by == "numpy float64"
+    assert list(activations) == trace_names(odd_checkpoint.n_layer)
+    assert all(a.dtype == np.float64 for a in activations.values()) and ids.dtype == np.int64
+    assert activations["logits"].shape == (1, ids.shape[1], odd_checkpoint.vocab_size)
+    import safetensors
+
+    with safetensors.safe_open(str(path), framework="numpy") as f:
+        assert f.metadata()["format"] == FORMAT
+    capsys.readouterr()
+    out = tmp_path / "r.json"
+    assert compare.main(["--init-from", str(odd_checkpoint.path), "--reference", str(path), "--json", str(out)]) == 0
+    stdout = capsys.readouterr().out
+    assert f"reference: trace float64 ({path}, computed by numpy float64)" in stdout
+    report = json.loads(out.read_text())
+    assert report["reference"] == "trace-float64" and report["prompt"] == ids[0].tolist()
+    assert all(layer["ok"] for layer in report["layers"])
+
+
+def test_a_trace_written_by_another_implementation_locates_its_fault(odd_checkpoint, tmp_path, capsys):
+    """A trace written through weights.trace_file by transformers (another implementation): it passes; the same
+    trace with h.1.mlp off by 1e-3 relative (as a buggy implementation's would be, from there on) fails
+    there first, 50x above float32's tolerance of 2e-5, and exits 1."""
+    from weights.trace_file import save_trace
+
+    model = compare.TransformersGPT(odd_checkpoint.path, checkpoint_config(odd_checkpoint))
+    ids = np.random.default_rng(0).integers(0, odd_checkpoint.vocab_size, size=(1, 20))
+    trace = {name: compare.as_float64(a) for name, a in model.trace(ids).items()}
+    good, bad = tmp_path / "good.safetensors", tmp_path / "bad.safetensors"
+    save_trace(good, trace, ids, model.config, "transformers float64")
+    names = list(trace)
+    broken = {name: a * (1 + 1e-3) if names.index(name) >= names.index("h.1.mlp") else a for name, a in trace.items()}
+    save_trace(bad, broken, ids, model.config, "a buggy port")
+    assert compare.main(["--init-from", str(odd_checkpoint.path), "--reference", str(good)]) == 0
+    capsys.readouterr()
+    assert compare.main(["--init-from", str(odd_checkpoint.path), "--reference", str(bad)]) == 1
+    assert "torch float32 first fails at h.1.mlp" in capsys.readouterr().out
+
+
+def checkpoint_config(checkpoint):
+    import weights
+
+    return weights.load(checkpoint.path)[0]
+
+
+def test_bad_trace_files_exit_2_with_one_line(odd_checkpoint, small_checkpoint, tmp_path, capsys):
+    from safetensors.numpy import save_file
+
+    from weights.trace_file import load_trace, save_trace
+
+    good = tmp_path / "good.safetensors"
+    assert compare.main(["--init-from", str(small_checkpoint.path), "--save-trace", str(good)]) == 0
+    config, ids, activations, _ = load_trace(good)
+    truncated = tmp_path / "truncated.safetensors"
+    save_file({"prompt_ids": ids, "embed": activations["embed"]}, str(truncated),
+              metadata={"format": "gpt2-dual-trace/1", "config": json.dumps(vars(config)),
+                        "activations": json.dumps(list(activations))})
+    plain = tmp_path / "weights.safetensors"
+    save_file({"x": np.zeros(3)}, str(plain))
+    text = tmp_path / "notes.txt"
+    text.write_text("not a trace")
+    capsys.readouterr()
+    small = str(small_checkpoint.path)
+    exits_2_with(["--init-from", small, "--reference", str(truncated)], "an incomplete trace (missing h.0.ln_1", capsys)
+    exits_2_with(["--init-from", small, "--reference", str(plain)], "not a trace file", capsys)
+    exits_2_with(["--init-from", small, "--reference", str(text)], "not a safetensors file", capsys)
+    exits_2_with(["--init-from", str(odd_checkpoint.path), "--reference", str(good)], "traces another model", capsys)
+    exits_2_with(["--init-from", small, "--reference", str(good), "--start", "x"], "--start: not with a trace file", capsys)
+    exits_2_with(["--init-from", small, "--reference", str(good), "--greedy", "3"], "--greedy: not with a trace", capsys)
+    exits_2_with(["--init-from", small, "--save-trace", str(tmp_path / "no" / "t.safetensors")], "no such directory", capsys)
+
+
 # --- bad input: one line on stderr, exit 2 ----------------------------------------------------------
 
 @pytest.mark.parametrize("args, message", [
     (["--init-from", "no/such/checkpoint"], "no such file or directory"),
-    (["--init-from", "{small}", "--reference", "tensorflow"], "invalid choice: 'tensorflow'"),
+    (["--init-from", "{small}", "--reference", "tensorflow"], "neither numpy-float64, torch, transformers nor a trace file"),
     (["--init-from", "{small}", "--atol", "-1"], "out of range"),
     (["--init-from", "{small}", "--rtol", "tight"], "'tight' is not a number"),
     (["--init-from", "{small}", "--greedy", "2.5"], "'2.5' is not an integer"),
