@@ -11,8 +11,10 @@ import numpy as np
 CACHE_DIR = Path(os.environ.get("GPT2_BENCH_CACHE", Path.home() / ".cache" / "gpt2-dual-bench"))
 CHECKPOINT = CACHE_DIR / "gpt2-124M-random"
 
-# Each contender is a backend and a dtype. transformers' GPT2LMHeadModel is the reference the targets name.
-CONTENDERS = ("torch-float32", "torch-bfloat16", "numpy-float32", "transformers-float32", "transformers-bfloat16")
+# Each contender is a backend and a dtype. transformers' GPT2LMHeadModel is the reference the targets name;
+# torch+compile is the torch backend with its decode step compiled (sample.py --compile).
+CONTENDERS = ("torch-float32", "torch+compile-float32", "torch-bfloat16", "numpy-float32", "transformers-float32",
+              "transformers-bfloat16")
 
 # Environment variables that pin OpenBLAS to an older kernel on the development machines (see BENCHMARKS.md).
 OPENBLAS_PINS = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
@@ -38,10 +40,11 @@ def load(contender: str, path=None):
     """The model of a contender ("backend-dtype"), in eval mode, on the CPU."""
     backend, dtype = contender.split("-")
     path = path or checkpoint()
-    if backend == "torch":
+    if backend in ("torch", "torch+compile"):
         import gpt2_torch
 
-        return gpt2_torch.GPT.from_pretrained(path, dtype=dtype)
+        model = gpt2_torch.GPT.from_pretrained(path, dtype=dtype)
+        return model.compile_decode_step() if backend == "torch+compile" else model
     if backend == "numpy":
         import gpt2_numpy
 
