@@ -9,8 +9,8 @@
 """
 
 from .config import PRESETS, GPTConfig, preset
-from .errors import WeightsError
+from .errors import NonFiniteLogitsError, WeightsError
 from .hub import HUB_REPOS
 from .loader import load, parameter_shapes, save
 
-__all__ = ["GPTConfig", "PRESETS", "preset", "WeightsError", "HUB_REPOS", "load", "parameter_shapes", "save"]
+__all__ = ["GPTConfig", "PRESETS", "preset", "WeightsError", "NonFiniteLogitsError", "HUB_REPOS", "load", "parameter_shapes", "save"]
