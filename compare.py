@@ -104,9 +104,10 @@ def layer_diff(name, actual, reference, atol, rtol) -> LayerDiff:
         return LayerDiff(name, actual.shape, math.nan, math.nan, math.nan, math.nan, False)
     scale = float(np.abs(reference).max(initial=0.0))
     max_abs = float(np.abs(actual - reference).max(initial=0.0))
-    max_rel = max_abs / scale if scale > 0 else (0.0 if max_abs == 0 else math.inf)
+    # != 0 rather than > 0: a NaN in the reference makes these NaN, not a made-up inf or 0
+    max_rel = max_abs / scale if scale != 0 else (0.0 if max_abs == 0 else math.inf)
     norms = float(np.linalg.norm(actual) * np.linalg.norm(reference))
-    cosine = float(np.vdot(actual, reference)) / norms if norms > 0 else float(max_abs == 0)
+    cosine = float(np.vdot(actual, reference)) / norms if norms != 0 else float(max_abs == 0)
     tolerance = atol + rtol * scale
     return LayerDiff(name, reference.shape, max_abs, max_rel, cosine, tolerance, bool(max_abs <= tolerance))
 
@@ -352,7 +353,8 @@ def greedy_agreement(model, reference_model, idx, reference_tokens, atol, rtol) 
     if mismatch is None:
         return Greedy(tokens)
     # Both decodes saw the same context up to here: were the reference's two candidates nearly tied?
-    context = np.concatenate([idx, [reference_tokens[:mismatch]]], axis=1)[:, -reference_model.config.block_size:]
+    agreed = np.array([reference_tokens[:mismatch]], dtype=np.int64)  # (1, mismatch): int even when empty
+    context = np.concatenate([idx, agreed], axis=1)[:, -reference_model.config.block_size:]
     logits = as_float64(reference_model.trace(context)["logits"])[0, -1]  # (V,)
     ours, theirs = tokens[mismatch], reference_tokens[mismatch]
     margin = float(logits[theirs] - logits[ours])
