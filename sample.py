@@ -29,7 +29,8 @@ def parse_args(argv=None):
     p.add_argument("--start", default="\n",
                    help='the prompt; FILE:path reads it from a UTF-8 text file (a regular file of at most '
                         f'{cli.PROMPT_LIMIT // 2**20} MiB); <|endoftext|> is allowed; an empty prompt starts from '
-                        '<|endoftext|>; a prompt longer than block_size keeps its last block_size tokens (default: "\\n")')
+                        '<|endoftext|>; a prompt longer than block_size keeps its last block_size tokens '
+                        '(default: "\\n")')
     p.add_argument("--num_samples", "--num-samples", type=cli.number(int, 1), default=1,
                    help="samples to draw (default: 1)")
     p.add_argument("--max_new_tokens", "--max-new-tokens", type=cli.number(int, 0), default=100,

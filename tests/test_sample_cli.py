@@ -134,12 +134,12 @@ def bad_inputs(small, bad) -> dict:
 
 
 def test_bad_input_is_one_line_on_stderr_and_a_nonzero_exit(small_checkpoint, bad_files):
-    """Every bad invocation from a real process: non-zero exit, exactly one line on stderr that says what is
-    wrong, no traceback, and nothing on stdout."""
+    """Every bad invocation from a real process: exit status 2 (bad input), exactly one line on stderr that says
+    what is wrong, no traceback, and nothing on stdout."""
     cases = bad_inputs(small_checkpoint, bad_files)
     results = run_all({name: args for name, (args, _) in cases.items()})
     for name, (code, out, err) in results.items():
-        assert code != 0, name
+        assert code == 2, name
         assert "Traceback" not in err and len(err.strip().splitlines()) == 1 and err.endswith("\n"), (name, err)
         assert cases[name][1] in err, (name, err)
         assert out == "", name

@@ -15,4 +15,5 @@ from .errors import NonFiniteLogitsError, WeightsError
 from .hub import HUB_REPOS
 from .loader import load, parameter_shapes, save
 
-__all__ = ["GPTConfig", "PRESETS", "preset", "WeightsError", "NonFiniteLogitsError", "HUB_REPOS", "load", "parameter_shapes", "save"]
+__all__ = ["GPTConfig", "PRESETS", "preset", "WeightsError", "NonFiniteLogitsError", "HUB_REPOS", "load",
+           "parameter_shapes", "save"]

@@ -182,8 +182,8 @@ _SAFETENSORS_DTYPES = {
     "I64": np.int64, "I32": np.int32, "I16": np.int16, "I8": np.int8, "U8": np.uint8, "BOOL": np.bool_,
 }  # fmt: skip
 # The format's other dtypes: valid files, but no GPT-2 parameter comes in them and NumPy has no float8.
-_UNSUPPORTED_SAFETENSORS_DTYPES = {"F8_E4M3", "F8_E5M2", "F8_E8M0", "F6_E2M3", "F6_E3M2", "F4", "U16", "U32", "U64",
-                                   "C64", "E8M0"}  # fmt: skip
+_UNSUPPORTED_SAFETENSORS_DTYPES = {"F8_E4M3", "F8_E5M2", "F8_E4M3FNUZ", "F8_E5M2FNUZ", "F8_E8M0", "F6_E2M3", "F6_E3M2",
+                                   "F4", "U16", "U32", "U64", "C64"}  # fmt: skip
 
 
 def read_safetensors(path: Path) -> tuple[dict[str, str], dict[str, np.ndarray]]:

@@ -57,7 +57,8 @@ def encode_prompt(text: str, vocab_size: int, block_size: int) -> tuple[list[int
     ids = ids or [END_OF_TEXT_ID]
     note = None
     if len(ids) > block_size or not whole:
-        note = f"the prompt has {'' if whole else 'more than '}{len(ids)} tokens; keeping the last {block_size} (block_size)"
+        count = f"{len(ids)}" if whole else f"more than {len(ids)}"
+        note = f"the prompt has {count} tokens; keeping the last {block_size} (block_size)"
         ids = ids[-block_size:]
     if max(ids) >= vocab_size:
         raise TokenizerError(f"the prompt has token id {max(ids)}, but this model's vocabulary has {vocab_size} tokens")
