@@ -8,11 +8,14 @@ full, a locale's encoding, a FIFO that would hang (a timeout guards those). Subp
 where they can: it never imports torch, so they start in well under a second.
 """
 
+import contextlib
 import json
 import os
+import pwd
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -32,8 +35,6 @@ ONE_THREAD = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}  # see test_s
 # A case that is refused must be refused at once: far below this, which only keeps a hang from stalling the suite.
 HANG = 60
 NON_FINITE = "logits are NaN or infinite"
-ROOT = os.geteuid() == 0
-AS_ROOT = "root reads and writes whatever the permission bits say: run the suite as another user for this case"
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.py
 
@@ -389,26 +390,63 @@ def test_checkpoint_paths_that_cannot_be_read(tiny, tmp_path, capsys, main, how)
     assert_one_line(status, err, 2, str(path[how]), message[how])
 
 
-@pytest.mark.skipif(ROOT, reason=AS_ROOT)
-@pytest.mark.parametrize("what", ["directory", "config.json", "model.safetensors"])
-def test_a_checkpoint_the_user_may_not_read(tiny, tmp_path, capsys, what):
-    directory = Path(shutil.copytree(tiny, tmp_path / "private"))
-    target = directory if what == "directory" else directory / what
-    target.chmod(0)
+@pytest.fixture
+def open_tmp():
+    """A temporary directory everyone may enter (pytest's own are root's alone when root runs the suite), so that
+    under unprivileged() the permission bits of what is in it decide, not those of a directory above."""
+    directory = Path(tempfile.mkdtemp())
+    directory.chmod(0o755)
+    yield directory
+    for path in (directory, *directory.rglob("*")):  # so that a non-root user can remove what it made unreadable
+        path.chmod(0o700)
+    shutil.rmtree(directory)
+
+
+@contextlib.contextmanager
+def unprivileged():
+    """The block runs as a user whom permission bits bind. Root, which reads and writes whatever they say (and
+    runs CI here), takes nobody's effective ids for the block and its own back after it; the modules the block
+    needs are imported already. A user other than root needs no change."""
+    if os.geteuid() != 0:
+        yield
+        return
+    nobody = pwd.getpwnam("nobody")
+    os.setegid(nobody.pw_gid)
+    os.seteuid(nobody.pw_uid)
     try:
-        for main in (sample.main, compare.main):
-            status, _, err = in_process(capsys, main, "--init-from", directory)
-            assert_one_line(status, err, 2, "Permission denied")
+        yield
     finally:
-        target.chmod(0o700)
+        os.seteuid(0)
+        os.setegid(0)
 
 
-@pytest.mark.skipif(ROOT, reason=AS_ROOT)
-def test_a_prompt_file_the_user_may_not_read(tiny, tmp_path, capsys):
-    (tmp_path / "p.txt").write_text("hi")
-    (tmp_path / "p.txt").chmod(0)
-    status, _, err = in_process(capsys, sample.main, *sample_args(tiny, f"--start=FILE:{tmp_path / 'p.txt'}"))
-    assert_one_line(status, err, 2, "cannot read the prompt file", "Permission denied")
+def readable_copy(tiny, directory) -> Path:
+    copy = Path(shutil.copytree(tiny, directory))
+    for path in (copy, *copy.iterdir()):
+        path.chmod(0o755 if path.is_dir() else 0o644)
+    return copy
+
+
+@pytest.mark.parametrize("what, message", [("directory", "config.json: Permission denied"),
+                                           ("config.json", "config.json: Permission denied"),
+                                           ("model.safetensors", "model.safetensors: cannot read the file "
+                                                                 "(Permission denied)")])
+def test_a_checkpoint_the_user_may_not_read(tiny, open_tmp, capsys, what, message):
+    directory = readable_copy(tiny, open_tmp / "private")
+    (directory if what == "directory" else directory / what).chmod(0)
+    for main in (sample.main, compare.main):
+        with unprivileged():
+            status, _, err = in_process(capsys, main, "--init-from", directory)
+        assert_one_line(status, err, 2, message)
+
+
+def test_a_prompt_file_the_user_may_not_read(tiny, open_tmp, capsys):
+    directory = readable_copy(tiny, open_tmp / "model")
+    (open_tmp / "p.txt").write_text("hi")
+    (open_tmp / "p.txt").chmod(0)
+    with unprivileged():
+        status, _, err = in_process(capsys, sample.main, *sample_args(directory, f"--start=FILE:{open_tmp / 'p.txt'}"))
+    assert_one_line(status, err, 2, f"cannot read the prompt file {open_tmp / 'p.txt'}: Permission denied")
 
 
 # --- output: stdout closed or full, any locale, report paths -----------------------------------------------------
@@ -466,11 +504,14 @@ def test_a_report_file_on_a_full_disk(tiny, capsys):
     assert out.splitlines()[-1].startswith("PASS")
 
 
-@pytest.mark.skipif(ROOT, reason=AS_ROOT)
-def test_a_report_directory_the_user_may_not_write(tiny, tmp_path, capsys):
-    (tmp_path / "ro").mkdir(mode=0o500)
-    status, _, err = in_process(capsys, compare.main, "--init-from", tiny, "--json", tmp_path / "ro" / "r.json")
-    assert_one_line(status, err, 2, "permission denied")
+def test_a_report_directory_the_user_may_not_write(tiny, open_tmp, capsys):
+    """Refused before the comparison (the check uses the effective ids, which the write will be made with)."""
+    directory = readable_copy(tiny, open_tmp / "model")
+    (open_tmp / "ro").mkdir(mode=0o555)
+    with unprivileged():
+        status, out, err = in_process(capsys, compare.main, "--init-from", directory, "--json", open_tmp / "ro" / "r")
+    assert_one_line(status, err, 2, f"--json {open_tmp / 'ro' / 'r'}: permission denied")
+    assert out == ""
 
 
 # --- the transformers reference -----------------------------------------------------------------------------------

@@ -84,7 +84,8 @@ def output_path_problem(path: str) -> str | None:
     parent = os.path.dirname(os.path.abspath(path))
     if mode is None and not os.path.isdir(parent):
         return f"no such directory {parent}"
-    if not os.access(path if mode is not None else parent, os.W_OK):  # root may write anywhere: then never
+    # effective_ids: the ids the write will be made with; root may write anywhere, so for root this never refuses
+    if not os.access(path if mode is not None else parent, os.W_OK, effective_ids=True):
         return "permission denied"
     return None
 

@@ -243,8 +243,12 @@ def _tensor_view(data: np.memmap, name: str, info, data_start: int, path: Path) 
 
 def _read_json(path: Path) -> dict:
     try:
-        obj = json.loads(files.read_regular_file(path, JSON_LIMIT, "the JSON file"))
-    except ValueError as e:  # json.JSONDecodeError and UnicodeDecodeError are ValueErrors too
+        data = files.read_regular_file(path, JSON_LIMIT, "the JSON file")
+    except ValueError as e:  # its message names the file and the problem
+        raise WeightsError(str(e)) from None
+    try:
+        obj = json.loads(data)
+    except ValueError as e:  # json.JSONDecodeError and UnicodeDecodeError are ValueErrors
         raise WeightsError(f"{path}: unreadable JSON ({e})") from None
     if not isinstance(obj, dict):
         raise WeightsError(f"{path}: expected a JSON object, found a {type(obj).__name__}")
