@@ -307,6 +307,24 @@ def test_float8_tensors_are_named(tiny, tmp_path):
     assert_load_error(tmp_path / "f8.safetensors", "'wte.weight' is F8_E5M2, which this loader does not read")
 
 
+def test_json_nested_too_deeply_is_bad_input(tiny, tmp_path, capsys):
+    """Found here: 100,000 nested brackets make json.loads raise RecursionError, a RuntimeError, which sample.py
+    took for torch's (exit 1, no file named). In config.json, a safetensors header and its gpt_config alike."""
+    deep = "[" * 100_000 + "]" * 100_000
+    directory = variant(tiny, tmp_path / "deep")
+    (directory / "config.json").write_text(deep)
+    header = json.dumps({"__metadata__": {"gpt_config": deep}}).encode()
+    (tmp_path / "meta.safetensors").write_bytes(len(header).to_bytes(8, "little") + header)
+    header = deep.encode()
+    (tmp_path / "header.safetensors").write_bytes(len(header).to_bytes(8, "little") + header)
+    cases = [(directory, directory / "config.json", "unreadable JSON"),
+             (tmp_path / "meta.safetensors", tmp_path / "meta.safetensors", "bad gpt_config"),
+             (tmp_path / "header.safetensors", tmp_path / "header.safetensors", "corrupted safetensors header")]
+    for source, named, message in cases:
+        status, _, err = in_process(capsys, sample.main, *sample_args(source, "--backend", "numpy"))
+        assert_one_line(status, err, 2, named, message, "recursion")
+
+
 def test_a_safetensors_header_beyond_the_formats_limit(tmp_path):
     """A header length of 150 MB in a (sparse) 200 MB file: refused without reading it."""
     path = tmp_path / "big.safetensors"

@@ -168,7 +168,7 @@ def _read_single_safetensors(path: Path):
     if "gpt_config" in metadata:
         try:
             config = GPTConfig(**json.loads(metadata["gpt_config"]))
-        except (ValueError, TypeError) as e:
+        except (ValueError, TypeError, RecursionError) as e:
             raise WeightsError(f"{path}: bad gpt_config in the file's metadata: {e}") from None
     elif (path.parent / "config.json").is_file():
         config = _config_from_hf(_read_json(path.parent / "config.json"), path.parent / "config.json")
@@ -209,7 +209,7 @@ def read_safetensors(path: Path) -> tuple[dict[str, str], dict[str, np.ndarray]]
         raise WeightsError(f"{path}: cannot read the file ({e.strerror})") from None
     try:
         header = json.loads(header)
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:  # RecursionError: nested too deeply
         raise WeightsError(f"{path}: corrupted safetensors header ({e})") from None
     if not isinstance(header, dict) or not isinstance(header.get("__metadata__") or {}, dict):
         raise WeightsError(f"{path}: corrupted safetensors header (not a JSON object of tensor entries)")
@@ -248,7 +248,7 @@ def _read_json(path: Path) -> dict:
         raise WeightsError(str(e)) from None
     try:
         obj = json.loads(data)
-    except ValueError as e:  # json.JSONDecodeError and UnicodeDecodeError are ValueErrors
+    except (ValueError, RecursionError) as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors; [[[[...
         raise WeightsError(f"{path}: unreadable JSON ({e})") from None
     if not isinstance(obj, dict):
         raise WeightsError(f"{path}: expected a JSON object, found a {type(obj).__name__}")
