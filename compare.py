@@ -163,7 +163,7 @@ class TransformersGPT:
             if params is None:
                 # float64 when loading, whatever config.json's "dtype" (or "torch_dtype") says: transformers 5
                 # honours it, and a model saved in bfloat16 would otherwise load rounded to bfloat16, which no
-                # later cast undoes. (transformers 4 loads float32 unless told; the cast below makes it float64.)
+                # later cast undoes. (The dtype argument needs transformers 4.56: see pyproject.toml.)
                 model = GPT2LMHeadModel.from_pretrained(path, dtype=torch.float64)
             else:
                 model = GPT2LMHeadModel(GPT2Config(
