@@ -55,7 +55,13 @@ reported too, but does not decide pass or fail.
 reference's, the reference's two candidates may be closer than twice the logits tolerance: rounding
 alone can flip such a near-tie, so it is reported but passes. A wider margin fails.
 
-Exit status: 0 everything passes, 1 something fails, 2 usage or loading errors.
+An activation with a NaN or an infinity fails. The table marks the first such activation of every model,
+the reference's included, as "first non-finite": where NaN weights first reach the computation, or where
+a dtype overflowed. A model whose logits are not finite decodes no greedy tokens (the sampler refuses
+them); a reference that is not finite decodes none, and every backend fails against it.
+
+Exit status: 0 everything passes, 1 something fails, 2 bad input (usage, a checkpoint or prompt that
+cannot be read, an error of transformers' while building the reference, a report that cannot be written).
 """
 
 import argparse
@@ -70,7 +76,7 @@ from pathlib import Path
 import numpy as np
 
 import gpt2_numpy
-from weights import WeightsError, cli, tokenizer
+from weights import NonFiniteLogitsError, WeightsError, cli, tokenizer
 from weights.trace_file import as_float64, load_trace, save_trace
 
 DEFAULT_PROMPT = "Hello, I'm a language model, and I compute the same function in PyTorch as in NumPy."
@@ -100,9 +106,10 @@ def layer_diff(name, actual, reference, atol, rtol) -> LayerDiff:
         return LayerDiff(name, actual.shape, math.nan, math.nan, math.nan, math.nan, False)
     scale = float(np.abs(reference).max(initial=0.0))
     max_abs = float(np.abs(actual - reference).max(initial=0.0))
-    max_rel = max_abs / scale if scale > 0 else (0.0 if max_abs == 0 else math.inf)
+    # != 0 rather than > 0: a NaN in the reference makes these NaN, not a made-up inf or 0
+    max_rel = max_abs / scale if scale != 0 else (0.0 if max_abs == 0 else math.inf)
     norms = float(np.linalg.norm(actual) * np.linalg.norm(reference))
-    cosine = float(np.vdot(actual, reference)) / norms if norms > 0 else float(max_abs == 0)
+    cosine = float(np.vdot(actual, reference)) / norms if norms != 0 else float(max_abs == 0)
     tolerance = atol + rtol * scale
     return LayerDiff(name, reference.shape, max_abs, max_rel, cosine, tolerance, bool(max_abs <= tolerance))
 
@@ -148,18 +155,27 @@ class TransformersGPT:
         path = Path(source)
         if not path.exists() and str(source) in HUB_REPOS:  # as weights.load resolves a model name
             path = download(str(source))
-        if path.is_dir():
-            model = GPT2LMHeadModel.from_pretrained(path)
-        elif not config.bias:
-            raise ValueError("transformers' GPT-2 always has biases but this checkpoint has none (bias=False); "
-                             "use --reference numpy-float64")
-        else:
+        params = None
+        if not path.is_dir():
+            if not config.bias:
+                raise ValueError("transformers' GPT-2 always has biases but this checkpoint has none (bias=False); "
+                                 "use --reference numpy-float64")
             _, params = weights.load(path)
-            model = GPT2LMHeadModel(GPT2Config(
-                vocab_size=config.vocab_size, n_positions=config.block_size, n_embd=config.n_embd,
-                n_layer=config.n_layer, n_head=config.n_head, activation_function="gelu_new"))
-            state = {name: torch.from_numpy(np.array(array)) for name, array in params.items()}
-            model.transformer.load_state_dict(state)  # canonical names are GPT2Model's; lm_head is tied to wte
+        try:
+            if params is None:
+                # float64 when loading, whatever config.json's "dtype" (or "torch_dtype") says: transformers 5
+                # honours it, and a model saved in bfloat16 would otherwise load rounded to bfloat16, which no
+                # later cast undoes. (The dtype argument needs transformers 4.56: see pyproject.toml.)
+                model = GPT2LMHeadModel.from_pretrained(path, dtype=torch.float64)
+            else:
+                model = GPT2LMHeadModel(GPT2Config(
+                    vocab_size=config.vocab_size, n_positions=config.block_size, n_embd=config.n_embd,
+                    n_layer=config.n_layer, n_head=config.n_head, activation_function="gelu_new"))
+                state = {name: torch.from_numpy(np.array(array)) for name, array in params.items()}
+                model.transformer.load_state_dict(state)  # canonical names are GPT2Model's; lm_head is tied to wte
+        except Exception as e:  # transformers refuses what our loader accepted: its errors are many, and long
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+            raise ValueError(f"transformers cannot build the reference from {source}: {first}") from None
         self.model = model.to(torch.float64).eval()
 
     def trace(self, idx) -> OrderedDict:
@@ -267,10 +283,11 @@ class Greedy:
     backend_token: int | None = None
     margin: float | None = None  # reference logit of its choice minus that of the backend's choice
     near_tie: bool | None = None  # margin <= 2 x the logits tolerance: rounding can flip it
+    non_finite: bool = False  # the backend's logits went NaN or infinite: no tokens
 
     @property
     def ok(self):
-        return self.first_mismatch is None or bool(self.near_tie)
+        return not self.non_finite and (self.first_mismatch is None or bool(self.near_tie))
 
 
 @dataclass
@@ -282,6 +299,7 @@ class Column:
     rtol: float
     layers: list[LayerDiff]
     greedy: Greedy | None = None
+    first_non_finite: str | None = None  # the first activation of the backend's trace holding a NaN or inf
 
     @property
     def first_failure(self) -> str | None:
@@ -300,6 +318,7 @@ class Report:
     reference_tokens: list[int] | None = None
     expected: OrderedDict = field(default_factory=OrderedDict)  # the reference's trace, float64
     meta: dict = field(default_factory=dict)  # source, device: for the header and the JSON
+    reference_non_finite: str | None = None  # the first activation of the reference's trace holding a NaN or inf
 
     @property
     def ok(self):
@@ -316,19 +335,28 @@ def compare(subjects, reference, idx, atol=None, rtol=None, greedy=0) -> Report:
     (greedy > 0) their greedy decodes of that many tokens. atol/rtol default to each subject's dtype's."""
     idx = np.asarray(idx, dtype=np.int64)
     expected = OrderedDict((name, as_float64(x)) for name, x in reference.model.trace(idx).items())
-    reference_tokens = greedy_tokens(reference.model, idx, greedy) if greedy else None
+    reference_non_finite = first_non_finite(expected)
+    # A reference whose logits are not finite has no greedy decode to compare with (the sampler refuses them).
+    decode = greedy and reference_non_finite is None
+    reference_tokens = greedy_tokens(reference.model, idx, greedy) if decode else None
     columns = []
     for subject in subjects:
         a, r = tolerance(subject.dtype, atol, rtol)
         trace = subject.model.trace(idx)
         missing = np.full(0, math.nan)  # an activation the backend does not produce fails on its shape
-        layers = [layer_diff(name, as_float64(trace.get(name, missing)), ref, a, r)
-                  for name, ref in expected.items()]
-        column = Column(subject, a, r, layers)
-        if greedy:
+        activations = OrderedDict((name, as_float64(trace.get(name, missing))) for name in expected)
+        layers = [layer_diff(name, activations[name], ref, a, r) for name, ref in expected.items()]
+        column = Column(subject, a, r, layers, first_non_finite=first_non_finite(activations))
+        if decode:
             column.greedy = greedy_agreement(subject.model, reference.model, idx, reference_tokens, a, r)
         columns.append(column)
-    return Report(reference, idx, columns, reference_tokens, expected)
+    return Report(reference, idx, columns, reference_tokens, expected=expected,
+                  reference_non_finite=reference_non_finite)
+
+
+def first_non_finite(activations) -> str | None:
+    """The name of the first activation (in trace order) that holds a NaN or an infinity, or None."""
+    return next((name for name, x in activations.items() if not np.isfinite(x).all()), None)
 
 
 def greedy_tokens(model, idx, n) -> list[int]:
@@ -337,12 +365,16 @@ def greedy_tokens(model, idx, n) -> list[int]:
 
 
 def greedy_agreement(model, reference_model, idx, reference_tokens, atol, rtol) -> Greedy:
-    tokens = greedy_tokens(model, idx, len(reference_tokens))
+    try:
+        tokens = greedy_tokens(model, idx, len(reference_tokens))
+    except NonFiniteLogitsError:
+        return Greedy([], non_finite=True)
     mismatch = next((i for i, (a, b) in enumerate(zip(tokens, reference_tokens)) if a != b), None)
     if mismatch is None:
         return Greedy(tokens)
     # Both decodes saw the same context up to here: were the reference's two candidates nearly tied?
-    context = np.concatenate([idx, [reference_tokens[:mismatch]]], axis=1)[:, -reference_model.config.block_size:]
+    agreed = np.array([reference_tokens[:mismatch]], dtype=np.int64)  # (1, mismatch): int even when empty
+    context = np.concatenate([idx, agreed], axis=1)[:, -reference_model.config.block_size:]
     logits = as_float64(reference_model.trace(context)["logits"])[0, -1]  # (V,)
     ours, theirs = tokens[mismatch], reference_tokens[mismatch]
     margin = float(logits[theirs] - logits[ours])
@@ -376,17 +408,23 @@ def table_rows(report: Report) -> tuple[list[str], list[str], list[list[str]]]:
         headers += ["max abs", "max rel", "cosine", "ok"]
     groups.append("")
     headers.append("")
-    firsts = {}  # activation -> the backends that first fail there
+    firsts, non_finite = {}, {}  # activation -> the backends that first fail there / first go non-finite there
+    if report.reference_non_finite is not None:
+        non_finite[report.reference_non_finite] = ["reference"]
     for c in report.columns:
         if c.first_failure is not None:
             firsts.setdefault(c.first_failure, []).append(c.subject.name)
+        if c.first_non_finite is not None:
+            non_finite.setdefault(c.first_non_finite, []).append(c.subject.name)
     rows = []
     for i, name in enumerate(d.name for d in report.columns[0].layers):
         row = [name, "x".join(map(str, report.columns[0].layers[i].shape))]
         for c in report.columns:
             d = c.layers[i]
             row += [f"{d.max_abs_diff:.2e}", f"{d.max_rel_diff:.2e}", f"{d.cosine:.8f}", "ok" if d.ok else "FAIL"]
-        row.append(f"<- first failure ({', '.join(firsts[name])})" if name in firsts else "")
+        marks = ([f"first failure ({', '.join(firsts[name])})"] if name in firsts else []) + (
+            [f"first non-finite ({', '.join(non_finite[name])})"] if name in non_finite else [])
+        row.append(f"<- {'; '.join(marks)}" if marks else "")
         rows.append(row)
     return groups, headers, rows
 
@@ -398,7 +436,9 @@ def greedy_lines(report: Report) -> list[str]:
     lines = [f"greedy, {n} tokens: {report.reference.title}: {tokenizer.decode(report.reference_tokens)!r}"]
     for c in report.columns:
         g = c.greedy
-        if g.first_mismatch is None:
+        if g.non_finite:
+            lines.append(f"  {c.subject.title}: no tokens: its logits are NaN or infinite")
+        elif g.first_mismatch is None:
             lines.append(f"  {c.subject.title}: all {n} tokens agree")
         else:
             judged = "a near-tie, within tolerance" if g.near_tie else "FAIL: wider than the tolerance allows"
@@ -408,12 +448,23 @@ def greedy_lines(report: Report) -> list[str]:
 
 
 def verdict(report: Report) -> str:
+    if report.reference_non_finite is not None:  # then every backend fails against it: name the cause instead
+        parts = [f"the reference {report.reference.title} is not finite from {report.reference_non_finite} on "
+                 "(NaN or infinite weights?)"]
+        parts += [f"{c.subject.title} is not finite from {c.first_non_finite} on"
+                  for c in report.columns if c.first_non_finite is not None]
+        return "FAIL: " + "; ".join(parts)
     parts = []
     for c in report.columns:
-        if c.first_failure is not None:
+        if c.first_failure is not None and c.first_failure == c.first_non_finite:
+            parts.append(f"{c.subject.title} first fails at {c.first_failure}, where it is no longer finite")
+        elif c.first_failure is not None:
             d = next(d for d in c.layers if not d.ok)
             parts.append(f"{c.subject.title} first fails at {d.name} "
-                         f"(max abs diff {d.max_abs_diff:.3g} > {d.tolerance:.3g})")
+                         f"(max abs diff {d.max_abs_diff:.3g} > {d.tolerance:.3g})"
+                         + (f", and is not finite from {c.first_non_finite} on" if c.first_non_finite else ""))
+        elif c.greedy is not None and c.greedy.non_finite:
+            parts.append(f"{c.subject.title}'s logits go NaN or infinite in its greedy decode")
         elif not c.ok:
             parts.append(f"{c.subject.title}'s greedy decode parts from the reference's at token "
                          f"{c.greedy.first_mismatch}")
@@ -495,7 +546,7 @@ def to_json(report: Report) -> dict:
     for c in report.columns:
         s = c.subject
         backends[s.name] = {"dtype": s.dtype, "atol": c.atol, "rtol": c.rtol, "ok": c.ok,
-                            "first_failure": c.first_failure}
+                            "first_failure": c.first_failure, "first_non_finite": c.first_non_finite}
         for d in c.layers:
             metrics = {key: getattr(d, key) for key in ("max_abs_diff", "max_rel_diff", "cosine", "tolerance")}
             layers.append({"backend": s.name, "name": d.name, "shape": list(d.shape), **metrics, "ok": d.ok})
@@ -506,9 +557,19 @@ def to_json(report: Report) -> dict:
                   "backends": {c.subject.name: {**vars(c.greedy), "ok": c.greedy.ok} for c in report.columns}}
     meta = report.meta
     return _nulls_for_non_finite({
-        "ok": report.ok, "reference": report.reference.title.replace(" ", "-"), "dtype": meta.get("dtype"),
+        "ok": report.ok, "reference": report.reference.title.replace(" ", "-"),
+        "reference_first_non_finite": report.reference_non_finite, "dtype": meta.get("dtype"),
         "source": meta.get("source"), "device": meta.get("device"), "criterion": CRITERION,
         "prompt": report.idx[0].tolist(), "backends": backends, "layers": layers, "greedy": greedy})
+
+
+def write_json(report: Report, path):
+    Path(path).write_text(json.dumps(to_json(report), indent=2) + "\n", encoding="utf-8")
+
+
+def write_trace(report: Report, path):
+    """The reference's trace as a golden trace file (weights/trace_file.py), for --reference PATH elsewhere."""
+    save_trace(path, report.expected, report.idx, report.reference.model.config, report.reference.title)
 
 
 def write_plot(report: Report, path):
@@ -562,13 +623,15 @@ def parse_args(argv=None):
                    description="Compare the torch and NumPy backends with a float64 reference, activation by "
                                "activation.",
                    epilog=f"An activation passes when {CRITERION}.\nDefault tolerances by dtype: {_tolerance_help()}.\n"
-                          "Exit status: 0 all pass, 1 something fails, 2 usage or loading error.")  # fmt: skip
+                          "Exit status: 0 all pass, 1 something fails, 2 bad input: usage, a checkpoint or prompt "
+                          "that cannot be read, a report that cannot be written.")  # fmt: skip
     p.add_argument("--init-from", "--init_from", dest="init_from", required=True,
                    help="gpt2, gpt2-medium, gpt2-large, gpt2-xl, distilgpt2 (Hugging Face hub, cached), or the path "
                         "of a Hugging Face directory, a .safetensors file or a nanoGPT ckpt.pt")
     p.add_argument("--start", default=None,
-                   help=f"the prompt; FILE:path reads it from a file; not with a trace file as --reference, which "
-                        f"holds its prompt (default: {DEFAULT_PROMPT!r})")
+                   help=f"the prompt; FILE:path reads it from a UTF-8 text file (a regular file of at most "
+                        f"{cli.PROMPT_LIMIT // 2**20} MiB); not with a trace file as --reference, which holds its "
+                        f"prompt (default: {DEFAULT_PROMPT!r})")
     p.add_argument("--device", default="cpu", help="where the torch backend runs: cpu, cuda, cuda:N, mps; NumPy and "
                    "the reference run on the CPU (default: cpu)")
     p.add_argument("--dtype", choices=DTYPES, default="float32",
@@ -601,15 +664,13 @@ def parse_args(argv=None):
     if args.plot and importlib.util.find_spec("matplotlib") is None:
         p.error("--plot needs matplotlib (pip install matplotlib)")
     for option, path in (("--json", args.json), ("--plot", args.plot), ("--save-trace", args.save_trace)):
-        if path and not Path(path).resolve().parent.is_dir():  # say so now, not after a long comparison
-            p.error(f"{option} {path}: no such directory {Path(path).resolve().parent}")
+        if path and (problem := cli.output_path_problem(path)):  # say so now, not after a long comparison
+            p.error(f"{option} {path}: {problem}")
     return args
 
 
-def fail(message):
-    """Exit 2 with one line on stderr (the first line of message: torch's errors run to several)."""
-    print(f"compare.py: error: {(str(message).strip().splitlines() or ['unknown error'])[0]}", file=sys.stderr)
-    raise SystemExit(2)
+def fail(message, status=2):
+    cli.fail("compare.py", message, status)
 
 
 def prompt_ids(text, config) -> np.ndarray:
@@ -647,32 +708,27 @@ def main(argv=None) -> int:
         torch.backends.cuda.matmul.allow_tf32 = False  # float32 products in float32 (see the module docstring)
         torch.backends.cudnn.allow_tf32 = False
     try:
-        report = compare(subjects, reference, idx, args.atol, args.rtol, args.greedy)
-        if args.save_trace:
-            save_trace(args.save_trace, report.expected, idx, config, reference.title)
+        # NaN and infinities are reported in the table (first non-finite): NumPy's warnings would only add lines.
+        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+            report = compare(subjects, reference, idx, args.atol, args.rtol, args.greedy)
     except RuntimeError as e:  # torch's: CUDA out of memory, a device-side failure
         fail(e)
-    except OSError as e:
-        fail(f"cannot write {e.filename or args.save_trace}: {e.strerror or e}")
+    except NonFiniteLogitsError as e:  # the reference's trace was finite, but its greedy decode went non-finite
+        fail(f"the reference's greedy decode: {e}", status=1)
     report.meta = {"source": str(args.init_from), "dtype": args.dtype, "device": args.device,
                    "config": f"{config.n_layer} layers, {config.n_head} heads, n_embd {config.n_embd}, "
                              f"vocab {config.vocab_size}, block_size {config.block_size}"}  # fmt: skip
-    print_report(report)
-    try:
-        if args.json:
-            Path(args.json).write_text(json.dumps(to_json(report), indent=2) + "\n")
-        if args.plot:
-            write_plot(report, args.plot)
-    except OSError as e:
-        fail(f"cannot write {e.filename}: {e.strerror}")
+    with cli.writing_stdout():
+        print_report(report)
+        sys.stdout.flush()  # a full disk is reported here, as an error of the report, not at exit
+    for path, write in ((args.json, write_json), (args.plot, write_plot), (args.save_trace, write_trace)):
+        try:
+            if path:
+                write(report, path)
+        except OSError as e:
+            fail(f"cannot write {path}: {e.strerror or e}")
     return 0 if report.ok else 1
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except KeyboardInterrupt:
-        sys.exit(130)
-    except BrokenPipeError:  # e.g. piped into `head`: stop quietly
-        sys.stderr.close()
-        sys.exit(1)
+    cli.run("compare.py", main)

@@ -5,6 +5,8 @@
 
 nanoGPT's sample.py options and defaults, plus --init-from, --backend, --dtype, --compile and --top_p.
 The same --seed prints the same text from both backends: they share one sampling algorithm.
+Exit status: 0 the samples were printed, 1 the run failed (NaN or infinite logits, an error of torch's),
+2 bad input (usage, a checkpoint or prompt file that cannot be read, standard output that cannot be written).
 """
 
 import codecs
@@ -12,19 +14,23 @@ import sys
 
 import numpy as np
 
-from weights import WeightsError, cli, tokenizer
+from weights import NonFiniteLogitsError, WeightsError, cli, tokenizer
 
 SEPARATOR = "---------------"
 
 
 def parse_args(argv=None):
-    p = cli.Parser(prog="sample.py", description="Sample text from GPT-2 with the PyTorch or the NumPy backend.")
+    p = cli.Parser(prog="sample.py", description="Sample text from GPT-2 with the PyTorch or the NumPy backend.",
+                   epilog="Samples are written as UTF-8, whatever the locale. Exit status: 0 success, 1 the run "
+                          "failed (NaN or infinite logits, an error of torch's), 2 bad input or unwritable output.")
     p.add_argument("--init-from", "--init_from", dest="init_from", default="gpt2",
                    help="gpt2, gpt2-medium, gpt2-large, gpt2-xl, distilgpt2 (Hugging Face hub, cached), or the path "
                         "of a Hugging Face directory, a .safetensors file or a nanoGPT ckpt.pt (default: gpt2)")
     p.add_argument("--start", default="\n",
-                   help='the prompt; FILE:path reads it from a file; <|endoftext|> is allowed; an empty prompt starts '
-                        'from <|endoftext|> (default: "\\n")')
+                   help='the prompt; FILE:path reads it from a UTF-8 text file (a regular file of at most '
+                        f'{cli.PROMPT_LIMIT // 2**20} MiB); <|endoftext|> is allowed; an empty prompt starts from '
+                        '<|endoftext|>; a prompt longer than block_size keeps its last block_size tokens '
+                        '(default: "\\n")')
     p.add_argument("--num_samples", "--num-samples", type=cli.number(int, 1), default=1,
                    help="samples to draw (default: 1)")
     p.add_argument("--max_new_tokens", "--max-new-tokens", type=cli.number(int, 0), default=100,
@@ -67,18 +73,27 @@ def load_model(args):
     return model
 
 
-def main(argv=None):
+def fail(message, status=2):
+    cli.fail("sample.py", message, status)
+
+
+def main(argv=None) -> int:
+    """Print the samples; return 0, or exit with 1 or 2 (see the module docstring) and one line on stderr."""
     args = parse_args(argv)
     try:
         text = cli.read_prompt(args.start)
     except ValueError as e:
-        raise SystemExit(f"sample.py: error: {e}")
+        fail(e)
     try:
-        print_samples(args, text)
-    except RuntimeError as e:  # torch's: torch.compile without a C compiler, CUDA out of memory, ...
-        sys.stdout.flush()  # the samples printed so far stay printed, before the error
-        first_line = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        raise SystemExit(f"sample.py: error: {first_line}")
+        # NaN and infinities are refused where logits become tokens (weights.sampling.check_finite): NumPy's
+        # warnings about them on the way there would only add lines to the one error.
+        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+            print_samples(args, text)
+    except (NonFiniteLogitsError, RuntimeError) as e:  # RuntimeError: torch's (no C compiler, CUDA out of memory)
+        with cli.writing_stdout():
+            sys.stdout.flush()  # the samples printed so far stay printed, before the error
+        fail(e, status=1)
+    return 0
 
 
 def print_samples(args, text):
@@ -87,39 +102,34 @@ def print_samples(args, text):
         model = load_model(args)
         ids, note = tokenizer.encode_prompt(text, model.config.vocab_size, model.config.block_size)
     except (WeightsError, tokenizer.TokenizerError, ValueError) as e:
-        raise SystemExit(f"sample.py: error: {e}")
+        fail(e)
     if note:  # the prompt was cropped to block_size
         print(f"sample.py: {note}", file=sys.stderr)
 
     rng = np.random.default_rng(args.seed)  # one generator for all samples, as nanoGPT seeds torch once
     stream = sys.stdout.isatty()
-    out = sys.stdout
+
+    def write(text):
+        with cli.writing_stdout():
+            sys.stdout.write(text)
+            sys.stdout.flush()
+
     for _ in range(args.num_samples):
         decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")  # a token may end mid-character
         text = decoder.decode(tokenizer.decode_bytes(ids))
         if stream:
-            out.write(text)
-            out.flush()
+            write(text)
         steps = model.generate_tokens(np.array([ids]), args.max_new_tokens, args.temperature,
                                       args.top_k or None, args.top_p, rng)
         for next_ids in steps:
             piece = decoder.decode(tokenizer.decode_bytes(next_ids))
             text += piece
             if stream:
-                out.write(piece)
-                out.flush()
+                write(piece)
         piece = decoder.decode(b"", final=True)
         text += piece
-        out.write((piece if stream else text) + "\n" + SEPARATOR + "\n")
-        out.flush()
+        write((piece if stream else text) + "\n" + SEPARATOR + "\n")
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except KeyboardInterrupt:
-        sys.stdout.flush()
-        sys.exit(130)
-    except BrokenPipeError:  # e.g. piped into `head`: stop quietly
-        sys.stderr.close()
-        sys.exit(1)
+    cli.run("sample.py", main)

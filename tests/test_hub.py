@@ -80,7 +80,7 @@ def test_sample_init_from_gpt2_reads_the_offline_cache(hf_home, tiny_dir):
 
 def test_sample_with_an_empty_offline_cache_says_how_to_fix_it(tmp_path):
     result = run_sample("--init-from", "gpt2", env=offline_env(tmp_path))
-    assert result.returncode == 1
+    assert result.returncode == 2  # bad input: a model that cannot be had
     assert result.stdout == ""
     assert len(result.stderr.splitlines()) == 1, result.stderr
     assert "HF_HUB_OFFLINE" in result.stderr and "--init-from" in result.stderr, result.stderr

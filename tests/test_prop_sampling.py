@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
 from tests.strategies import dtypes, few_examples, model_configs, one_torch_thread, random_params, seeds, tiny_models
+from weights import NonFiniteLogitsError
 from weights.sampling import sample_next
 
 DRAWS = 16  # draws per row of logits in each example: the rows are repeated, each repeat gets its own uniform
@@ -122,6 +123,39 @@ def test_same_seed_same_draws_and_one_uniform_per_row(logits, data, seed):
     np.testing.assert_array_equal(from_numpy, from_torch)
     rng, reference = np.random.default_rng(seed), np.random.default_rng(seed)
     sample_next(data.draw(arrays(logits.dtype, logits.shape, elements=st.floats(-50, 50, width=32))), rng, **options)
+    reference.random(logits.shape[0])
+    assert rng.bit_generator.state == reference.bit_generator.state
+
+
+@given(logit_matrices(), st.data())
+def test_non_finite_logits_are_refused(logits, data):
+    """A NaN, +inf or -inf anywhere is NonFiniteLogitsError whatever the options, greedy included (np.argmax
+    would pick the first NaN): no token is drawn from it, and the generator is untouched."""
+    logits = logits.copy()
+    B, V = logits.shape
+    logits[data.draw(st.integers(0, B - 1)), data.draw(st.integers(0, V - 1))] = data.draw(
+        st.sampled_from([np.nan, np.inf, -np.inf]))
+    options = dict(temperature=data.draw(st.just(0.0) | temperatures), top_k=data.draw(st.none() | st.integers(1, 50)),
+                   top_p=data.draw(top_ps))
+    rng = np.random.default_rng(data.draw(seeds))
+    state = rng.bit_generator.state
+    with pytest.raises(NonFiniteLogitsError, match="NaN or infinite"):
+        sample_next(logits, rng, **options)
+    assert rng.bit_generator.state == state
+
+
+@given(logit_matrices(ties=False), st.sampled_from([5e-324, 1e-320, 1e-310, 1e-300, 1e-30]),
+       st.none() | st.integers(2, 45), top_ps, seeds)
+def test_tiny_temperatures_are_greedy(logits, temperature, top_k, top_p, seed):
+    """A positive temperature so small that the logits divided by it overflow (the smallest subnormal among
+    them) draws each row's argmax, and still one uniform per row. Rows here have distinct logits of order
+    0.1 to 10, whose gaps (at least float32's spacing there, ~1e-9) are far above 745 x 1e-30, where exp
+    underflows to 0: so 1e-30 is greedy for them too. Every NumPy floating-point warning is an error here
+    but underflow (exp of very negative numbers is 0, as intended)."""
+    rng, reference = np.random.default_rng(seed), np.random.default_rng(seed)
+    with np.errstate(all="raise", under="ignore"):
+        tokens = sample_next(logits, rng, temperature=temperature, top_k=top_k, top_p=top_p)
+    np.testing.assert_array_equal(tokens, logits.argmax(axis=-1))
     reference.random(logits.shape[0])
     assert rng.bit_generator.state == reference.bit_generator.state
 

@@ -6,7 +6,7 @@ All comparisons are exact: tokenization is integer and byte work, there is no ro
 from hypothesis import given
 from hypothesis import strategies as st
 
-from weights.tokenizer import END_OF_TEXT, END_OF_TEXT_ID, VOCAB_SIZE, decode, decode_bytes, encode
+from weights.tokenizer import END_OF_TEXT, END_OF_TEXT_ID, VOCAB_SIZE, decode, decode_bytes, encode, last_tokens
 
 # Pieces that exercise GPT-2's pre-tokenizer and the special token: contractions, runs of spaces and newlines,
 # digits, combining marks, astral-plane characters, and fragments of <|endoftext|> that must stay plain text.
@@ -45,3 +45,17 @@ def test_any_ids_decode(ids):
     expected = b"".join(decode_bytes([i]) if 0 <= i < VOCAB_SIZE else "\ufffd".encode() for i in ids)
     assert decode_bytes(ids) == expected
     assert decode(ids) == expected.decode("utf-8", errors="replace")
+
+
+@given(texts, st.integers(1, 12), st.integers(1, 24))
+def test_last_tokens_are_the_last_tokens_of_the_whole_text(text, n, chars):
+    """last_tokens tokenises only a tail of the text, from a pre-token boundary, at first `chars` characters long:
+    its tokens are exactly the last ones of encode(text), at least n of them, or all of them (whole). Small n and
+    chars, so that the tail starts inside the text on most examples: in contractions, runs of spaces, special
+    tokens and multi-character tokens alike."""
+    ids, whole = last_tokens(text, n, chars)
+    everything = encode(text)
+    if whole:
+        assert ids == everything
+    else:
+        assert len(ids) >= n and len(everything) > len(ids) and everything[-len(ids):] == ids

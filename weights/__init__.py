@@ -5,12 +5,15 @@
 - hub.py        model names -> the Hugging Face hub cache
 - tokenizer.py  GPT-2's BPE (tiktoken), from the rank file shipped here
 - cli.py        what sample.py and compare.py share on the command line
+- files.py      reading a file a user names (a prompt, a config.json): regular files only, with a bound
 - sampling.py   the next-token draw and the decoding loop
+- errors.py     WeightsError, and NonFiniteLogitsError for NaN or infinite logits
 """
 
 from .config import PRESETS, GPTConfig, preset
-from .errors import WeightsError
+from .errors import NonFiniteLogitsError, WeightsError
 from .hub import HUB_REPOS
 from .loader import load, parameter_shapes, save
 
-__all__ = ["GPTConfig", "PRESETS", "preset", "WeightsError", "HUB_REPOS", "load", "parameter_shapes", "save"]
+__all__ = ["GPTConfig", "PRESETS", "preset", "WeightsError", "NonFiniteLogitsError", "HUB_REPOS", "load",
+           "parameter_shapes", "save"]

@@ -14,12 +14,20 @@ class GPTConfig:
     bias: bool = True  # biases in the Linear layers and LayerNorms, as GPT-2 has them
 
     def __post_init__(self):
+        """Every field's type and range, checked here because configs come from files: a string or null
+        where a number belongs must be one clear error, not a traceback wherever the field is first used.
+        Sizes are not bounded here; the loader checks them against the tensors in the file."""
         for name in ("block_size", "vocab_size", "n_layer", "n_head", "n_embd"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"GPTConfig.{name} must be a positive integer, got {value!r}")
         if self.n_embd % self.n_head:
             raise ValueError(f"GPTConfig.n_embd={self.n_embd} is not divisible by n_head={self.n_head}")
+        dropout = self.dropout  # a probability, as torch.nn.Dropout takes it
+        if not isinstance(dropout, int | float) or isinstance(dropout, bool) or not 0 <= dropout <= 1:
+            raise ValueError(f"GPTConfig.dropout must be a number in [0, 1], got {dropout!r}")
+        if not isinstance(self.bias, bool):
+            raise ValueError(f"GPTConfig.bias must be true or false, got {self.bias!r}")
 
 
 # The pretrained OpenAI checkpoints (and Hugging Face's distilled one), by name.

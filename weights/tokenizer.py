@@ -8,6 +8,7 @@ Loading it never touches the network, and the file is checked against its publis
 import base64
 import functools
 import hashlib
+import re
 from pathlib import Path
 
 import tiktoken
@@ -49,14 +50,52 @@ def encode(text: str) -> list[int]:
 
 def encode_prompt(text: str, vocab_size: int, block_size: int) -> tuple[list[int], str | None]:
     """A prompt's ids for a model: an empty prompt is <|endoftext|>, and one longer than block_size keeps its
-    last block_size tokens. Returns (ids, a note saying it was cropped, or None). Raises TokenizerError when
-    a token id is outside the model's vocabulary (one trained on fewer tokens than GPT-2's)."""
-    ids = encode(text) or [END_OF_TEXT_ID]
+    last block_size tokens, tokenising only as much of its end as that takes (see last_tokens). Returns (ids,
+    a note saying it was cropped, or None). Raises TokenizerError when a kept token id is outside the model's
+    vocabulary (one trained on fewer tokens than GPT-2's)."""
+    ids, whole = last_tokens(text, block_size)
+    ids = ids or [END_OF_TEXT_ID]
+    note = None
+    if len(ids) > block_size or not whole:
+        count = f"{len(ids)}" if whole else f"more than {len(ids)}"
+        note = f"the prompt has {count} tokens; keeping the last {block_size} (block_size)"
+        ids = ids[-block_size:]
     if max(ids) >= vocab_size:
         raise TokenizerError(f"the prompt has token id {max(ids)}, but this model's vocabulary has {vocab_size} tokens")
-    if len(ids) <= block_size:
-        return ids, None
-    return ids[-block_size:], f"the prompt has {len(ids)} tokens; keeping the last {block_size} (block_size)"
+    return ids, note
+
+
+# A place where the text's split into pre-tokens (the pieces PATTERN cuts it into before BPE) surely has a
+# boundary: after a non-space character that a space or a newline follows. No alternative of PATTERN matches a
+# non-space character followed by whitespace (whitespace in a piece comes first, or is all of it), so every
+# split of the text ends a piece there; and PATTERN looks only ahead, never behind, so the split of the text
+# from there on is the whole text's split from there on. Special tokens hold no whitespace: none is cut.
+# (Python's \S excludes every character that str.isspace() accepts, a superset of Unicode's White_Space, which
+# is the regex's \s: a character taken for non-space here is non-space to the tokenizer too.)
+_BOUNDARY = re.compile(r"\S(?=[ \n])")
+
+
+def last_tokens(text: str, n: int, chars: int | None = None) -> tuple[list[int], bool]:
+    """(ids, whole): the tokens of a tail of text that are the last tokens of encode(text), at least n of them
+    unless whole is True, when they are all of encode(text).
+
+    A long prompt keeps only its last n tokens, so tokenising all of it is wasted work and memory (an 8 MiB
+    prompt is about 2 million tokens, some 100 MB as a list of Python ints). The tail starts at a boundary
+    that every split of the text has (_BOUNDARY), so its tokens are exactly the whole text's last ones. It is
+    chars characters long at first, 8 per wanted token (English averages about 4 characters a token, so one
+    try nearly always suffices), and doubles until it holds n tokens: at most about twice the work of
+    tokenising everything, for text whose tokens are unusually long. Text with no boundary is tokenised whole.
+    """
+    chars = chars or 8 * n
+    while len(text) > chars:
+        boundary = _BOUNDARY.search(text, len(text) - chars)
+        if boundary is None:
+            break
+        ids = encode(text[boundary.end():])
+        if len(ids) >= n:
+            return ids, False
+        chars *= 2
+    return encode(text), True
 
 
 def decode(ids) -> str:
