@@ -32,8 +32,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from gpt2_numpy.model import CausalSelfAttention as NumpyAttention
+from gpt2_numpy.model import KVCache as NumpyKVCache
 from gpt2_numpy.model import causal_mask, softmax
 from gpt2_torch.model import CausalSelfAttention as TorchAttention
+from gpt2_torch.model import KVCache as TorchKVCache
 from tests.strategies import (
     assert_within, batch_sizes, chunkings, dtypes, eps, few_examples, gaussian_arrays, head_counts, head_sizes,
     model_configs, one_torch_thread, random_params, seeds, seq_lens, tiny_models,
@@ -83,19 +85,27 @@ class Attention:
         cache_shape = (B, self.config.n_head, BLOCK_SIZE, C // self.config.n_head)  # (B, nh, block_size, hs)
         outputs, start = [], 0
         if implementation == "numpy":
-            cache = (np.full(cache_shape, np.nan, self.dtype), np.full(cache_shape, np.nan, self.dtype))
+            cache = NumpyKVCache(cache_shape, self.dtype)
+            cache.k[...], cache.v[...] = np.nan, np.nan
             for size in chunks:
                 mask = causal_mask(size, start + size, self.dtype) if size > 1 else None  # as gpt2_numpy's GPT does
-                outputs.append(self.numpy(x[:, start : start + size], cache if len(chunks) > 1 else None, start, mask))
+                pos = np.arange(start, start + size)  # (size,)
+                kv = cache if len(chunks) > 1 else None
+                outputs.append(self.numpy(x[:, start : start + size], kv, pos, start + size, mask))
                 start += size
             return np.concatenate(outputs, axis=1)
         self.torch.flash = implementation == "torch-fused"
-        dtype = TORCH_DTYPES[self.dtype]
-        cache = (torch.full(cache_shape, torch.nan, dtype=dtype), torch.full(cache_shape, torch.nan, dtype=dtype))
+        cache = TorchKVCache(cache_shape, TORCH_DTYPES[self.dtype], "cpu")
+        cache.k.fill_(torch.nan), cache.v.fill_(torch.nan)
         with torch.no_grad():
             for size in chunks:
                 chunk = torch.from_numpy(x[:, start : start + size])
-                outputs.append(self.torch(chunk, cache if len(chunks) > 1 else None, start).numpy())
+                pos = torch.arange(start, start + size)  # (size,)
+                mask = None  # as gpt2_torch's GPT: sdpa's causal mask from an empty cache, none for one query
+                if start > 0 and size > 1:
+                    mask = torch.ones(size, start + size, dtype=torch.bool).tril(diagonal=start)  # (size, S)
+                kv = cache if len(chunks) > 1 else None
+                outputs.append(self.torch(chunk, kv, pos, start + size, mask).numpy())
                 start += size
         return np.concatenate(outputs, axis=1)
 

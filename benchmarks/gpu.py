@@ -1,0 +1,190 @@
+"""GPU benchmarks of the torch backend (issue 10): batch-1 decoding and a 1024-token prefill, bfloat16.
+
+    uv run python -m benchmarks.gpu                 # needs CUDA; prints a Markdown table, writes gpu_results.json
+    uv run python -m benchmarks.gpu --device cpu --shapes tiny   # the same code on a CPU, a smoke run only
+
+GPT-2 124M and XL shapes with random weights (speed does not depend on the values): nothing is downloaded or
+written first. Contenders, alternating per round, the median of --reps rounds after one warm-up round (the
+compiling ones compile in the warm-up):
+- ours eager, and ours --compile (the decode step compiled whole, mode="reduce-overhead": a CUDA graph);
+- transformers' GPT2LMHeadModel.generate, eager (its dynamic cache), and with its static cache and its
+  forward compiled as transformers documents (cache_implementation="static", torch.compile(model.forward,
+  mode="reduce-overhead", fullgraph=True)).
+Every contender decodes greedily (transformers samples on the GPU, ours on the CPU through the shared
+sampler; greedy keeps that difference out): tokens/s = new tokens / time of the whole generate call.
+
+Roofline: decoding one token reads every weight once, so HBM bandwidth (a device-to-device copy of 1 GiB,
+read + write bytes over its time) / weight bytes per token is the most tokens/s any implementation reaches.
+Prefill: one forward of 1024 tokens into an empty cache, FLOP counted as 2 per multiply-add: the block
+matrices for every token, the causal attention scores and values (2 x n_layer x T^2 x C), and the lm_head
+for the last position only.
+"""
+
+import argparse
+import json
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from benchmarks.report import weight_bytes  # parameters, the tied lm_head once
+from gpt2_torch import GPT
+from weights import GPTConfig
+
+SHAPES = {
+    "124M": GPTConfig(block_size=1024, vocab_size=50257, n_layer=12, n_head=12, n_embd=768),
+    "XL": GPTConfig(block_size=1024, vocab_size=50257, n_layer=48, n_head=25, n_embd=1600),
+    "tiny": GPTConfig(block_size=128, vocab_size=512, n_layer=2, n_head=2, n_embd=64),  # for --device cpu smoke runs
+}
+PROMPT_TOKENS, NEW_TOKENS, PREFILL_TOKENS = 8, 128, 1024
+CONTENDERS = ("ours eager", "ours --compile", "transformers eager", "transformers static+compile")
+
+
+def prefill_flop(config, T):
+    c = config
+    return 2 * T * c.n_layer * 12 * c.n_embd**2 + 2 * c.n_layer * T * T * c.n_embd + 2 * c.n_embd * c.vocab_size
+
+
+def synchronize(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def ours(config, device, dtype, compiled):
+    with torch.device(device):
+        model = GPT(config)  # nn.Linear's own random initialisation
+    model = model.to(dtype).eval()
+    return model.compile_decode_step() if compiled else model
+
+
+def theirs(config, device, dtype, static_compiled):
+    from transformers import GPT2Config, GPT2LMHeadModel
+    from transformers.utils import logging
+
+    logging.set_verbosity_error()
+    hf = GPT2Config(vocab_size=config.vocab_size, n_positions=config.block_size, n_embd=config.n_embd,
+                    n_layer=config.n_layer, n_head=config.n_head)
+    with torch.device(device):
+        model = GPT2LMHeadModel(hf)
+    model = model.to(dtype).eval()
+    if static_compiled:
+        model.generation_config.cache_implementation = "static"
+        model.forward = torch.compile(model.forward, mode="reduce-overhead", fullgraph=True)
+    return model
+
+
+def decoder(name, config, device, dtype):
+    """A function that decodes NEW_TOKENS greedily after an 8-token prompt and returns how many it made."""
+    prompt = np.random.default_rng(0).integers(0, config.vocab_size, size=(1, PROMPT_TOKENS))
+    if name.startswith("ours"):
+        model = ours(config, device, dtype, compiled=name == "ours --compile")
+        return lambda: model.generate(prompt, NEW_TOKENS, temperature=0).shape[1] - PROMPT_TOKENS
+    model = theirs(config, device, dtype, static_compiled=name == "transformers static+compile")
+    ids = torch.from_numpy(prompt).to(device)
+
+    def decode():
+        with torch.inference_mode():
+            out = model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False, max_new_tokens=NEW_TOKENS,
+                                 min_new_tokens=NEW_TOKENS, pad_token_id=0)
+        return out.shape[1] - PROMPT_TOKENS
+
+    return decode
+
+
+def copy_bandwidth(device, nbytes=1 << 30):
+    """Bytes read and written per second by a device-to-device copy of nbytes: the best of 10."""
+    src = torch.empty(nbytes, dtype=torch.uint8, device=device)
+    dst = torch.empty_like(src)
+    times = []
+    for _ in range(11):
+        synchronize(device)
+        start = time.perf_counter()
+        dst.copy_(src)
+        synchronize(device)
+        times.append(time.perf_counter() - start)
+    return 2 * nbytes / min(times[1:])
+
+
+def prefill_seconds(config, device, dtype, reps):
+    model = ours(config, device, dtype, compiled=False)
+    T = min(PREFILL_TOKENS, config.block_size)
+    idx = torch.from_numpy(np.random.default_rng(1).integers(0, config.vocab_size, size=(1, T))).to(device)
+    times = []
+    with torch.inference_mode():
+        model.allocate_kv_cache(1, T)
+        for _ in range(reps + 1):
+            synchronize(device)
+            start = time.perf_counter()
+            model(idx, 0)
+            synchronize(device)
+            times.append(time.perf_counter() - start)
+    return T, statistics.median(times[1:])
+
+
+def measure(shape, device, dtype, reps, log):
+    config = SHAPES[shape]
+    decoders = {name: decoder(name, config, device, dtype) for name in CONTENDERS}
+    runs = {name: [] for name in CONTENDERS}
+    for rnd in range(reps + 1):
+        for name, decode in decoders.items():
+            synchronize(device)
+            start = time.perf_counter()
+            tokens = decode()
+            synchronize(device)
+            seconds = time.perf_counter() - start
+            log(f"  {shape} round {rnd}{' (warm-up, compiles)' if not rnd else ''}: {name} {tokens / seconds:.1f} tokens/s")
+            if rnd:
+                runs[name].append(tokens / seconds)
+    del decoders
+    T, prefill = prefill_seconds(config, device, dtype, reps)
+    tps = {name: statistics.median(r) for name, r in runs.items()}
+    bandwidth = copy_bandwidth(device)
+    roofline = bandwidth / (weight_bytes(config) * torch.finfo(dtype).bits // 8)
+    return {"tokens_per_s": tps, "tokens_per_s_runs": runs, "copy_bandwidth_GBps": bandwidth / 1e9,
+            "roofline_tokens_per_s": roofline,
+            "fraction_of_roofline": {name: t / roofline for name, t in tps.items()},
+            "compiled_vs_transformers_eager": tps["ours --compile"] / tps["transformers eager"],
+            "compiled_vs_transformers_static_compiled": tps["ours --compile"] / tps["transformers static+compile"],
+            "prefill_tokens": T, "prefill_seconds": prefill, "prefill_TFLOPs": prefill_flop(config, T) / prefill / 1e12}
+
+
+def markdown(results):
+    lines = [f"Device: {results['device']}; torch {results['torch']}; {results['dtype']}, batch 1, greedy, "
+             f"{PROMPT_TOKENS}-token prompt + {NEW_TOKENS} new tokens; median of {results['reps']} rounds.", "",
+             "| shape | " + " | ".join(CONTENDERS) + " | --compile vs transformers eager | vs static+compile "
+             "| --compile, fraction of HBM roofline | prefill TFLOP/s |",
+             "|---" * (len(CONTENDERS) + 5) + "|"]
+    for shape, r in results["shapes"].items():
+        cells = [f"{r['tokens_per_s'][c]:.0f}" for c in CONTENDERS]
+        lines.append(f"| {shape} | " + " | ".join(cells) + f" | {r['compiled_vs_transformers_eager']:.1f}x | "
+                     f"{r['compiled_vs_transformers_static_compiled']:.2f}x | "
+                     f"{100 * r['fraction_of_roofline']['ours --compile']:.0f}% of {r['roofline_tokens_per_s']:.0f} "
+                     f"({r['copy_bandwidth_GBps']:.0f} GB/s) | {r['prefill_TFLOPs']:.1f} |")
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(prog="python -m benchmarks.gpu", description=__doc__.splitlines()[0])
+    p.add_argument("--device", default="cuda")
+    p.add_argument("--dtype", default="bfloat16", choices=("bfloat16", "float32"))
+    p.add_argument("--shapes", nargs="+", default=["124M", "XL"], choices=list(SHAPES))
+    p.add_argument("--reps", type=int, default=3)
+    p.add_argument("--out", default=str(Path(__file__).with_name("gpu_results.json")))
+    args = p.parse_args(argv)
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("benchmarks.gpu: no CUDA device here (torch.cuda.is_available() is False)")
+    dtype = getattr(torch, args.dtype)
+    log = lambda message: print(message, flush=True)  # noqa: E731
+    results = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+               "torch": torch.__version__, "dtype": args.dtype, "reps": args.reps,
+               "shapes": {shape: measure(shape, device, dtype, args.reps, log) for shape in args.shapes}}
+    Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
+    print(markdown(results))
+    return results
+
+
+if __name__ == "__main__":
+    main()
