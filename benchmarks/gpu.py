@@ -36,7 +36,7 @@ from weights import GPTConfig
 SHAPES = {
     "124M": GPTConfig(block_size=1024, vocab_size=50257, n_layer=12, n_head=12, n_embd=768),
     "XL": GPTConfig(block_size=1024, vocab_size=50257, n_layer=48, n_head=25, n_embd=1600),
-    "tiny": GPTConfig(block_size=128, vocab_size=512, n_layer=2, n_head=2, n_embd=64),  # for --device cpu smoke runs
+    "tiny": GPTConfig(block_size=256, vocab_size=512, n_layer=2, n_head=2, n_embd=64),  # for --device cpu smoke runs
 }
 PROMPT_TOKENS, NEW_TOKENS, PREFILL_TOKENS = 8, 128, 1024
 CONTENDERS = ("ours eager", "ours --compile", "transformers eager", "transformers static+compile")
