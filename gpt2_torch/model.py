@@ -4,7 +4,6 @@ Read it beside gpt2_numpy/model.py: the classes, their attributes and the trace 
 Parameter names are those of the GPT-2 checkpoint (see weights/loader.py), so weights map one to one.
 """
 
-import logging
 import math
 import warnings
 from collections import OrderedDict
@@ -18,6 +17,7 @@ import weights
 from weights import GPTConfig
 from weights.sampling import cache_length, generate_tokens
 
+from .compiled_step import compile_step
 from .device import resolve_device
 from .one_row_products import use_one_row_products
 
@@ -254,20 +254,9 @@ class GPT(nn.Module):
                 self.kv_cache = None
 
     def compile_decode_step(self, **options):
-        """Compile decode_step into one graph (fullgraph: a graph break is an error, not a slow path) for
-        generate_tokens to use. On a GPU it is captured as a CUDA graph (mode="reduce-overhead"): one launch
-        replays every kernel of the step. options go to torch.compile."""
-        if self.wte.weight.device.type == "cuda":
-            options.setdefault("mode", "reduce-overhead")
-        else:  # inductor imports cpp_extension, which logs "No CUDA runtime is found" on a CPU-only machine
-            log = logging.getLogger("torch.utils.cpp_extension")
-            level = log.level
-            log.setLevel(logging.ERROR)
-            try:
-                import torch.utils.cpp_extension  # noqa: F401
-            finally:
-                log.setLevel(level)
-        self.compiled_decode_step = torch.compile(self.decode_step, fullgraph=True, **options)
+        """Compile decode_step into one graph for generate_tokens to use: a CUDA graph on a GPU, Inductor's own
+        C++ kernels on a CPU (see compiled_step.py). options go to torch.compile."""
+        self.compiled_decode_step = compile_step(self.decode_step, self.wte.weight.device, **options)
         return self
 
     def allocate_kv_cache(self, batch_size, length=None):

@@ -8,6 +8,7 @@
 - files.py      reading a file a user names (a prompt, a config.json): regular files only, with a bound
 - sampling.py   the next-token draw and the decoding loop
 - errors.py     WeightsError, and NonFiniteLogitsError for NaN or infinite logits
+- trace_file.py golden traces: every activation of a forward pass in a .safetensors file (compare.py)
 """
 
 from .config import PRESETS, GPTConfig, preset
