@@ -386,7 +386,9 @@ def greedy_agreement(model, reference_model, idx, reference_tokens, atol, rtol) 
 
 def header_lines(report: Report) -> list[str]:
     meta, ref = report.meta, report.reference
-    where_ref = f" ({ref.model.path}, computed by {ref.model.computed_by})" if isinstance(ref.model, TraceFile) else " (cpu)"
+    where_ref = " (cpu)"
+    if isinstance(ref.model, TraceFile):
+        where_ref = f" ({ref.model.path}, computed by {ref.model.computed_by})"
     lines = [f"checkpoint: {meta.get('source', '?')}  ({meta.get('config', '')})",
              f"prompt: {report.idx.shape[1]} tokens; reference: {ref.title}{where_ref}"]  # fmt: skip
     for c in report.columns:
@@ -655,9 +657,10 @@ def parse_args(argv=None):
     if args.reference not in REFERENCES:
         if not Path(args.reference).is_file():
             p.error(f"--reference {args.reference}: neither {', '.join(REFERENCES)} nor a trace file")
-        for option, value in (("--start", args.start), ("--greedy", args.greedy), ("--save-trace", args.save_trace)):
-            if value:
-                p.error(f"{option}: not with a trace file as --reference (it holds the prompt, and no model to decode)")
+        given = {"--start": args.start is not None, "--greedy": args.greedy > 0,
+                 "--save-trace": args.save_trace is not None}
+        for option in (option for option, is_given in given.items() if is_given):
+            p.error(f"{option}: not with a trace file as --reference (it holds the prompt, and no model to decode)")
     args.start = DEFAULT_PROMPT if args.start is None else args.start
     if args.reference == "transformers" and importlib.util.find_spec("transformers") is None:
         p.error("--reference transformers needs the transformers package (pip install transformers)")

@@ -71,6 +71,8 @@ def theirs(config, device, dtype, static_compiled):
     model = model.to(dtype).eval()
     if static_compiled:
         model.generation_config.cache_implementation = "static"
+        # transformers' own generate would compile the model once more around this on CUDA: one compile only
+        model.generation_config.disable_compile = True
         model.forward = torch.compile(model.forward, mode="reduce-overhead", fullgraph=True)
     return model
 
@@ -134,7 +136,8 @@ def measure(shape, device, dtype, reps, log):
             tokens = decode()
             synchronize(device)
             seconds = time.perf_counter() - start
-            log(f"  {shape} round {rnd}{' (warm-up, compiles)' if not rnd else ''}: {name} {tokens / seconds:.1f} tokens/s")
+            note = " (warm-up, compiles)" if not rnd else ""
+            log(f"  {shape} round {rnd}{note}: {name} {tokens / seconds:.1f} tokens/s")
             if rnd:
                 runs[name].append(tokens / seconds)
     del decoders

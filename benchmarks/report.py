@@ -405,8 +405,8 @@ def evaluate(results):
 
     derived["targets"] = [
         target("torch float32 decode vs transformers float32 generate", vs["torch-float32"], 1.5, "x"),
-        target("torch --compile float32 decode vs eager torch float32", tps["torch+compile-float32"] / tps["torch-float32"],
-               1.0, "x"),
+        target("torch --compile float32 decode vs eager torch float32",
+               tps["torch+compile-float32"] / tps["torch-float32"], 1.0, "x"),
         target("torch bfloat16 decode vs transformers bfloat16 generate", vs["torch-bfloat16"], 1.5, "x"),
         target("numpy float32 decode vs transformers float32 generate", vs["numpy-float32"], 2.0, "x"),
         target("torch float32 decode, fraction of the roofline", fraction["torch-float32"], 0.7, "%"),

@@ -27,9 +27,10 @@ CPU_SETTINGS = {
 
 def compile_step(step, device: torch.device, **options):
     """step compiled with fullgraph=True (a graph break is an error, not a slow path) for device; options go
-    to torch.compile and override the defaults above."""
+    to torch.compile (a mode given there replaces the one chosen here)."""
     if device.type == "cuda":
         options.setdefault("mode", "reduce-overhead")
+    if device.type != "cpu":  # CUDA, and MPS with Inductor's defaults
         return torch.compile(step, fullgraph=True, **options)
     quiet_cpp_extension_import()
     options.setdefault("mode", "max-autotune-no-cudagraphs")

@@ -32,6 +32,12 @@ def own_copy(tensor, device, dtype, transposed=False):
     return tensor.to(device=device, dtype=dtype, memory_format=torch.contiguous_format, copy=True)
 
 
+def causal_mask(T, S, device):
+    """(T, S) bool mask, True where a query may look: query t (the t-th of the last T of S positions) sees keys
+    0 .. S - T + t. S == T is the plain causal mask."""
+    return torch.ones(T, S, dtype=torch.bool, device=device).tril(diagonal=S - T)  # (T, S)
+
+
 class LayerNorm(nn.Module):
     """nanoGPT's LayerNorm: F.layer_norm with an optional bias (nn.LayerNorm has bias=False only since
     PyTorch 2.1). The formula is written out in gpt2_numpy's layer_norm; F.layer_norm is one kernel where the
@@ -54,12 +60,17 @@ class KVCache(nn.Module):
     Each step writes its new keys and values at their positions. The buffers keep their shape and address
     for a whole generation, which is what a compiled decode step (and a CUDA graph, which replays fixed
     addresses) needs. They start as zeros, not garbage: the static decode step attends over all L positions,
-    masking those not written yet, and a weight of 0 times a NaN left in memory would still be NaN."""
+    masking those not written yet, and a weight of 0 times a NaN left in memory would still be NaN; a cache used
+    again is reset to zeros for the same reason (an earlier generation may have left inf behind)."""
 
     def __init__(self, shape, dtype, device):
         super().__init__()
         self.register_buffer("k", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
         self.register_buffer("v", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
+
+    def reset(self):
+        self.k.zero_()
+        self.v.zero_()
 
     def update(self, pos, k, v, n_keys):
         """Write k, v (B, nh, T, hs) at positions pos (T,); return the first n_keys keys and values."""
@@ -102,7 +113,7 @@ class CausalSelfAttention(nn.Module):
         else:
             att = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(k.size(-1)))  # (B, nh, T, S)
             if mask is None and T > 1:
-                mask = torch.ones(T, T, dtype=torch.bool, device=x.device).tril()  # (T, T) causal
+                mask = causal_mask(T, T, x.device)  # (T, T)
             if mask is not None:
                 att = att.masked_fill(~mask, float("-inf"))
             att = F.softmax(att, dim=-1)
@@ -157,6 +168,7 @@ class GPT(nn.Module):
         self.lm_head.weight = self.wte.weight  # tied: the output projection is the token embedding
         self.kv_cache = None  # n_layer KVCaches, each (B, nh, L, hs) twice; allocated by generate
         self.compiled_decode_step = None  # decode_step compiled: see compile_decode_step
+        self.kept_kv_caches = {}  # (shape, dtype) -> the cache a compiled step was specialised to
 
     def forward(self, idx, start=0, trace=None):
         """Logits of the last position, (B, 1, vocab_size), as nanoGPT's inference forward.
@@ -168,9 +180,7 @@ class GPT(nn.Module):
         pos = torch.arange(start, start + T, dtype=torch.long, device=idx.device)  # (T,)
         # Query t (at position start + t) sees keys 0 .. start + t: a causal mask aligned to the bottom-right
         # corner. From an empty cache that is the plain causal mask, and one query sees every key: no mask.
-        mask = None
-        if start > 0 and T > 1:
-            mask = torch.ones(T, start + T, dtype=torch.bool, device=idx.device).tril(diagonal=start)  # (T, S)
+        mask = causal_mask(T, start + T, idx.device) if start > 0 and T > 1 else None  # (T, S)
         return self.body(idx, pos, start + T, mask, trace)
 
     def decode_step(self, idx, pos):
@@ -179,6 +189,7 @@ class GPT(nn.Module):
         The static-shape step: it attends over the whole KV cache, the positions after pos masked, so that every
         call has the same shapes and runs the same code. torch.compile makes one graph of it (compile_decode_step),
         which a GPU replays as a CUDA graph."""
+        assert idx.size(1) == 1, f"one token per sequence, got {idx.size(1)}"
         L = self.kv_cache[0].k.size(2)
         mask = (torch.arange(L, device=pos.device) <= pos).view(1, L)  # (1, L) the positions written, pos included
         return self.body(idx, pos, L, mask)[:, -1, :]  # (B, vocab_size)
@@ -231,7 +242,7 @@ class GPT(nn.Module):
         length = cache_length(idx.shape[1], max_new_tokens, self.config.block_size)
 
         def forward(ids, start):
-            ids = torch.from_numpy(np.ascontiguousarray(ids)).to(device)  # a slice's strides would recompile the step
+            ids = torch.from_numpy(ids.copy()).to(device)  # fresh strides: a slice's would recompile the step
             if start == 0 and use_cache:
                 self.allocate_kv_cache(ids.shape[0], length)
             if start > 0 and self.compiled_decode_step is not None:
@@ -247,11 +258,7 @@ class GPT(nn.Module):
             yield from generate_tokens(forward, idx, max_new_tokens, self.config.block_size, rng,
                                        temperature, top_k, top_p, use_cache)
         finally:
-            # Free it (length x n_layer x 2 x n_embd values per sequence), unless a compiled step will use it
-            # again: the next generation of the same shape then reuses the same buffers at the same addresses,
-            # so a CUDA graph is replayed, not recorded anew.
-            if self.compiled_decode_step is None:
-                self.kv_cache = None
+            self.kv_cache = None  # freed (length x n_layer x 2 x n_embd values per sequence), unless kept
 
     def compile_decode_step(self, **options):
         """Compile decode_step into one graph for generate_tokens to use: a CUDA graph on a GPU, Inductor's own
@@ -261,7 +268,11 @@ class GPT(nn.Module):
 
     def allocate_kv_cache(self, batch_size, length=None):
         """Preallocate the keys and values of every layer for batch_size sequences of up to length tokens
-        (default block_size); a cache of that shape and dtype already there is kept, as it is."""
+        (default block_size). A cache of that shape and dtype already there is reset and used again.
+
+        After compile_decode_step, each new cache is kept for later generations of the same shape: the compiled
+        step is specialised to its buffers (Inductor's frozen graph on a CPU, the addresses a CUDA graph replays),
+        and new buffers would compile or record it again. cache_length's few lengths keep them few."""
         c, w = self.config, self.wte.weight
         shape = (batch_size, c.n_head, length or c.block_size, c.n_embd // c.n_head)  # (B, nh, L, hs)
         # A half-precision model on the CPU attends in float32, so its cache is float32: the CPU's kernels for
@@ -269,8 +280,18 @@ class GPT(nn.Module):
         # is small beside the weights.
         half_on_cpu = w.device.type == "cpu" and w.dtype in (torch.float16, torch.bfloat16)
         dtype = torch.float32 if half_on_cpu else w.dtype
-        if self.kv_cache is None or self.kv_cache[0].k.shape != shape or self.kv_cache[0].k.dtype != dtype:
-            self.kv_cache = nn.ModuleList(KVCache(shape, dtype, w.device) for _ in range(c.n_layer))
+        key = (shape, dtype)
+        cache = self.kv_cache
+        if cache is None or (cache[0].k.shape, cache[0].k.dtype) != key:
+            cache = self.kept_kv_caches.get(key)
+        if cache is None:
+            cache = nn.ModuleList(KVCache(shape, dtype, w.device) for _ in range(c.n_layer))
+            if self.compiled_decode_step is not None:
+                self.kept_kv_caches[key] = cache
+        else:
+            for layer in cache:
+                layer.reset()
+        self.kv_cache = cache
 
     @classmethod
     def from_pretrained(cls, source, device="cpu", dtype="float32"):

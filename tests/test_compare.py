@@ -323,7 +323,8 @@ def test_a_saved_trace_is_the_reference_elsewhere(odd_checkpoint, tmp_path, caps
     from weights.trace_file import FORMAT, load_trace
 
     path = tmp_path / "odd.trace.safetensors"
-    assert compare.main(["--init-from", str(odd_checkpoint.path), "--save-trace", str(path), "--start", "Hi there"]) == 0
+    argv = ["--init-from", str(odd_checkpoint.path), "--save-trace", str(path), "--start", "Hi there"]
+    assert compare.main(argv) == 0
     config, ids, activations, computed_by = load_trace(path)
     assert (config.n_layer, config.n_embd, config.block_size) == (3, 80, 48) and computed_by == "numpy float64"
     assert list(activations) == trace_names(odd_checkpoint.n_layer)
@@ -381,6 +382,8 @@ def test_bad_trace_files_exit_2_with_one_line(odd_checkpoint, small_checkpoint, 
     save_file({"prompt_ids": ids, "embed": activations["embed"]}, str(truncated),
               metadata={"format": "gpt2-dual-trace/1", "config": json.dumps(vars(config)),
                         "activations": json.dumps(list(activations))})
+    outside = tmp_path / "outside.safetensors"  # a token id past the vocabulary: an embedding would fail
+    save_trace(outside, activations, np.full_like(ids, config.vocab_size), config, "a bad writer")
     plain = tmp_path / "weights.safetensors"
     save_file({"x": np.zeros(3)}, str(plain))
     text = tmp_path / "notes.txt"
@@ -389,9 +392,10 @@ def test_bad_trace_files_exit_2_with_one_line(odd_checkpoint, small_checkpoint, 
     small = str(small_checkpoint.path)
     exits_2_with(["--init-from", small, "--reference", str(truncated)], "an incomplete trace (missing h.0.ln_1", capsys)
     exits_2_with(["--init-from", small, "--reference", str(plain)], "not a trace file", capsys)
+    exits_2_with(["--init-from", small, "--reference", str(outside)], "each below 50257", capsys)
     exits_2_with(["--init-from", small, "--reference", str(text)], "not a safetensors file", capsys)
     exits_2_with(["--init-from", str(odd_checkpoint.path), "--reference", str(good)], "traces another model", capsys)
-    exits_2_with(["--init-from", small, "--reference", str(good), "--start", "x"], "--start: not with a trace file", capsys)
+    exits_2_with(["--init-from", small, "--reference", str(good), "--start", ""], "--start: not with a trace", capsys)
     exits_2_with(["--init-from", small, "--reference", str(good), "--greedy", "3"], "--greedy: not with a trace", capsys)
     exits_2_with(["--init-from", small, "--save-trace", str(tmp_path / "no" / "t.safetensors")], "no such directory", capsys)
 

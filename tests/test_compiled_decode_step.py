@@ -29,19 +29,52 @@ def fresh_compiler(tmp_path, monkeypatch):
 
 
 def test_one_graph_serves_every_step_of_every_generation(odd_checkpoint, fresh_compiler):
-    """A generation of 10 + 60 tokens passes block_size (48) of "odd", so the window slides, and a second
-    generation follows with the same cache shape. error_on_recompile turns any recompilation into an error;
-    fullgraph=True does the same for a graph break; the counters confirm one graph, no break."""
+    """Generations of 10 + 60 tokens on "odd" (block_size 48): the compiled step decodes until the text fills
+    block_size, then the window slides and each step is an eager pass over the window (nanoGPT's crop), and
+    the text matches the eager model's throughout. Two shorter generations (a 64-position cache, not 48)
+    come in between and after, and the one with a NaN left in its kept cache is unaffected (the cache is
+    reset). error_on_recompile makes any recompilation an error, fullgraph=True a graph break: one graph
+    per cache shape, compiled once."""
     model = GPT.from_pretrained(odd_checkpoint.path).compile_decode_step()
     eager = GPT.from_pretrained(odd_checkpoint.path)
+    compiled_calls = []
+    step = model.compiled_decode_step
+    model.compiled_decode_step = lambda idx, pos: compiled_calls.append(int(pos)) or step(idx, pos)
     prompt = np.random.default_rng(0).integers(0, odd_checkpoint.vocab_size, size=(2, 10))  # (B, T)
+
+    def both(n, seed):
+        compiled = model.generate(prompt, n, temperature=0.8, top_k=20, rng=np.random.default_rng(seed))
+        expected = eager.generate(prompt, n, temperature=0.8, top_k=20, rng=np.random.default_rng(seed))
+        np.testing.assert_array_equal(compiled, expected)
+
     with torch._dynamo.config.patch(error_on_recompile=True):
-        for seed in (1, 2):
-            compiled = model.generate(prompt, 60, temperature=0.8, top_k=20, rng=np.random.default_rng(seed))
-            expected = eager.generate(prompt, 60, temperature=0.8, top_k=20, rng=np.random.default_rng(seed))
-            np.testing.assert_array_equal(compiled, expected)
+        both(60, seed=1)
+        assert compiled_calls == list(range(10, 48))  # then the window slides: eager
+        both(5, seed=2)  # block_size 48 caps the cache at 48: the same shape, the same graph
+        (kept,) = model.kept_kv_caches.values()
+        with torch.inference_mode():  # the cache was made under generate's inference mode
+            kept[0].k.fill_(torch.nan)  # as an overflow in an earlier generation could leave it
+        both(60, seed=3)
     assert counters["stats"]["unique_graphs"] == 1
     assert sum(counters["graph_break"].values()) == 0
+    assert model.kv_cache is None  # the active cache is released; the kept one waits in kept_kv_caches
+
+
+def test_after_a_compiled_generation_the_model_runs_without_a_cache(small_checkpoint, fresh_compiler):
+    """The cache kept for the compiled step is not the active cache: a plain forward and an uncached
+    generation afterwards neither read nor write it. Two cache lengths (64 and 128) alternate, each with its
+    kept cache and its graph, compiled once."""
+    model = GPT.from_pretrained(small_checkpoint.path).compile_decode_step()
+    prompt = np.random.default_rng(1).integers(0, small_checkpoint.vocab_size, size=(1, 60))
+    short = model.generate(prompt, 3, temperature=0)  # cache of 64
+    model.generate(prompt, 30, temperature=0)  # cache of 128: a new shape, its own graph
+    assert model.generate(prompt, 3, temperature=0).tolist() == short.tolist()  # 64 again: the first graph
+    assert counters["stats"]["unique_graphs"] == 2  # a new cache for the third would have compiled a third
+    uncached = model.generate(prompt, 3, temperature=0, use_cache=False)
+    np.testing.assert_array_equal(uncached, short)
+    with torch.inference_mode():
+        logits = model(torch.from_numpy(prompt))  # no cache: the whole prompt from scratch
+    assert logits.shape == (1, 1, small_checkpoint.vocab_size) and model.kv_cache is None
 
 
 def test_the_compiled_step_gives_the_eager_logits_at_every_position(small_checkpoint, fresh_compiler):

@@ -36,6 +36,7 @@ from gpt2_numpy.model import KVCache as NumpyKVCache
 from gpt2_numpy.model import causal_mask, softmax
 from gpt2_torch.model import CausalSelfAttention as TorchAttention
 from gpt2_torch.model import KVCache as TorchKVCache
+from gpt2_torch.model import causal_mask as torch_causal_mask
 from tests.strategies import (
     assert_within, batch_sizes, chunkings, dtypes, eps, few_examples, gaussian_arrays, head_counts, head_sizes,
     model_configs, one_torch_thread, random_params, seeds, seq_lens, tiny_models,
@@ -101,9 +102,8 @@ class Attention:
             for size in chunks:
                 chunk = torch.from_numpy(x[:, start : start + size])
                 pos = torch.arange(start, start + size)  # (size,)
-                mask = None  # as gpt2_torch's GPT: sdpa's causal mask from an empty cache, none for one query
-                if start > 0 and size > 1:
-                    mask = torch.ones(size, start + size, dtype=torch.bool).tril(diagonal=start)  # (size, S)
+                # As gpt2_torch's GPT: sdpa's own causal mask from an empty cache, none for one query
+                mask = torch_causal_mask(size, start + size, "cpu") if start > 0 and size > 1 else None  # (size, S)
                 kv = cache if len(chunks) > 1 else None
                 outputs.append(self.torch(chunk, kv, pos, start + size, mask).numpy())
                 start += size

@@ -94,9 +94,11 @@ def top_k_ids(row: np.ndarray, k: int) -> np.ndarray:
 
 def cache_length(prompt_tokens: int, max_new_tokens: int, block_size: int) -> int:
     """How many positions the KV cache of a generation needs: the prompt and the new tokens, rounded up to a
-    multiple of 64 so that generations of similar lengths share one shape (and one compiled decode step), and
-    at most block_size: past it the window slides and the cache is rebuilt from the window every step."""
-    return min(block_size, -(-(prompt_tokens + max_new_tokens) // 64) * 64)
+    power of two of at least 64, and at most block_size (past it the window slides and the cache is rebuilt
+    from the window every step). Few lengths (64, 128, ..., 1024 for GPT-2) mean few shapes for a compiled
+    decode step, which attends over the whole cache: at most twice the positions it needs."""
+    needed = prompt_tokens + max_new_tokens
+    return min(block_size, max(64, 1 << (needed - 1).bit_length()))
 
 
 def generate_tokens(

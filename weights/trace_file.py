@@ -72,13 +72,19 @@ def load_trace(path: str | os.PathLike) -> tuple[GPTConfig, np.ndarray, "Ordered
         raise WeightsError(f"{path}: not a safetensors file ({e})") from None
     except OSError as e:
         raise WeightsError(f"{path}: {e.strerror or e}") from None
-    T = prompt_ids.shape[-1]
+    if prompt_ids.ndim != 2 or prompt_ids.shape[0] != 1 or prompt_ids.dtype.kind not in "iu":
+        raise WeightsError(f"{path}: prompt_ids must be integers of shape (1, T), not {prompt_ids.dtype} "
+                           f"{prompt_ids.shape}")
+    T = prompt_ids.shape[1]
+    if not 1 <= T <= config.block_size or prompt_ids.min() < 0 or prompt_ids.max() >= config.vocab_size:
+        raise WeightsError(f"{path}: prompt_ids must be 1 to {config.block_size} tokens, each below "
+                           f"{config.vocab_size}")
     expected = {name: (1, T, config.vocab_size if name == "logits" else config.n_embd) for name in names}
     for name, array in activations.items():
-        if array.shape != expected[name]:
-            raise WeightsError(f"{path}: {name} has shape {array.shape}, expected {expected[name]} for "
-                               f"{T} prompt tokens")
-    return config, prompt_ids.astype(np.int64).reshape(1, T), activations, meta.get("computed_by", "?")
+        if array.shape != expected[name] or array.dtype.kind != "f":
+            raise WeightsError(f"{path}: {name} is {array.dtype} {array.shape}, expected floats of shape "
+                               f"{expected[name]} for {T} prompt tokens")
+    return config, prompt_ids.astype(np.int64), activations, meta.get("computed_by", "?")
 
 
 def as_float64(x) -> np.ndarray:
