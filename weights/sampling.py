@@ -1,13 +1,14 @@
 """Choosing the next token, and the decoding loop: one algorithm for both backends.
 
 Both backends hand their final-position logits to `sample_next` as NumPy arrays, and both drive their
-forward pass through `generate_tokens`. So the random draws come from one NumPy generator in one order,
-and the same seed gives the same text from the PyTorch and the NumPy backend: the tokens can only
+forward pass through `generate_tokens`. So the random draws come from the same NumPy generators in the same
+order (one for all rows, or one per row: `row_generators`), and the same seed gives the same text from the
+PyTorch and the NumPy backend: the tokens can only
 differ where the two backends' float32 logits (which agree to about 1e-6) fall on different sides of a
 decision — see "Backend-identical sampling" in the README for how rare that is.
 """
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
 
@@ -28,8 +29,19 @@ def check_finite(logits: np.ndarray) -> None:
         raise NonFiniteLogitsError(NON_FINITE)
 
 
-def sample_next(logits, rng: np.random.Generator, temperature=1.0, top_k=None, top_p=None) -> np.ndarray:
+def row_generators(seed: int, rows: Sequence[int]) -> list[np.random.Generator]:
+    """One random stream per sample index i in rows, fixed by (seed, i) alone: SeedSequence(seed, spawn_key=(i,))
+    is the i-th child SeedSequence(seed).spawn(n) makes for any n > i, so sample i draws the same numbers
+    however many samples there are and whichever batch it falls in."""
+    return [np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(i,))) for i in rows]
+
+
+def sample_next(logits, rng: np.random.Generator | Sequence[np.random.Generator], temperature=1.0, top_k=None,
+                top_p=None) -> np.ndarray:
     """Draw one token per row of logits (B, V) -> ids (B,).
+
+    rng is one generator for all rows (B draws a step, in row order), or B generators, one per row
+    (row_generators): each row then draws from its own stream, whatever the other rows are.
 
     temperature 0 (or top_k 1) is greedy decoding: the argmax, no random draw. A temperature so small that the
     logits divided by it overflow (1e-320, say) is greedy decoding too: see the division below.
@@ -48,7 +60,12 @@ def sample_next(logits, rng: np.random.Generator, temperature=1.0, top_k=None, t
     B, V = logits.shape
     if temperature == 0 or top_k == 1:
         return logits.argmax(axis=-1)  # (B,)
-    u = rng.random(B)  # (B,) drawn up front, so the stream of draws never depends on the logits
+    if isinstance(rng, np.random.Generator):
+        u = rng.random(B)  # (B,) drawn up front, so the stream of draws never depends on the logits
+    else:
+        if len(rng) != B:
+            raise ValueError(f"{len(rng)} generators for {B} rows")
+        u = np.array([row_rng.random() for row_rng in rng])  # (B,) one draw from each row's own stream
     tokens = np.empty(B, dtype=np.int64)
     for b in range(B):
         candidates = np.arange(V)
@@ -106,7 +123,7 @@ def generate_tokens(
     idx: np.ndarray,
     max_new_tokens: int,
     block_size: int,
-    rng: np.random.Generator,
+    rng: np.random.Generator | Sequence[np.random.Generator],
     temperature=1.0,
     top_k=None,
     top_p=None,
