@@ -36,8 +36,11 @@ def compile_step(step, device: torch.device, **options):
     options.setdefault("mode", "max-autotune-no-cudagraphs")
     compiled = torch.compile(step, fullgraph=True, **options)
 
+    # Settings this torch's Inductor lacks are left out (the quieting ones are recent; pyproject allows torch 2.4).
+    settings = {name: value for name, value in CPU_SETTINGS.items() if hasattr(inductor_config, name)}
+
     def frozen_step(*args):
-        with inductor_config.patch(CPU_SETTINGS):
+        with inductor_config.patch(settings):
             return compiled(*args)
 
     return frozen_step
