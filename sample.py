@@ -3,8 +3,10 @@
     uv run sample.py --start="Hello, my name is"
     uv run sample.py --backend numpy --start=FILE:prompts/love_letter.txt --num_samples 2
 
-nanoGPT's sample.py options and defaults, plus --init-from, --backend, --dtype, --compile and --top_p.
-The same --seed prints the same text from both backends: they share one sampling algorithm.
+nanoGPT's sample.py options and defaults, plus --init-from, --backend, --dtype, --compile, --top_p and
+--batch_size. The same --seed prints the same text from both backends: they share one sampling algorithm.
+The samples are drawn in batches; sample i draws from its own random stream, fixed by (seed, i), so its text
+does not depend on --num_samples or --batch_size.
 Exit status: 0 the samples were printed, 1 the run failed (NaN or infinite logits, an error of torch's),
 2 bad input (usage, a checkpoint or prompt file that cannot be read, standard output that cannot be written).
 """
@@ -15,6 +17,7 @@ import sys
 import numpy as np
 
 from weights import NonFiniteLogitsError, WeightsError, cli, tokenizer
+from weights.sampling import cache_length, default_batch_size, row_generators
 
 SEPARATOR = "---------------"
 
@@ -33,6 +36,11 @@ def parse_args(argv=None):
                         '(default: "\\n")')
     p.add_argument("--num_samples", "--num-samples", type=cli.number(int, 1), default=1,
                    help="samples to draw (default: 1)")
+    p.add_argument("--batch_size", "--batch-size", type=cli.number(int, 1), default=None,
+                   help="samples drawn together, in one batch (the prompt runs once per batch); sample i's text "
+                        "is the same whatever the batch size (default: all samples, but no more than keep the "
+                        "batch's KV cache within half the number of the model's weights: 26 for GPT-2 124M with "
+                        "a 128-token cache, 3 with a 1024-token one)")
     p.add_argument("--max_new_tokens", "--max-new-tokens", type=cli.number(int, 0), default=100,
                    help="tokens generated per sample (default: 100)")
     p.add_argument("--temperature", type=cli.number(float, 0.0), default=0.8,
@@ -97,7 +105,7 @@ def main(argv=None) -> int:
 
 
 def print_samples(args, text):
-    """Load the model and print args.num_samples continuations of the prompt text."""
+    """Load the model and print args.num_samples continuations of the prompt text, in batches."""
     try:
         model = load_model(args)
         ids, note = tokenizer.encode_prompt(text, model.config.vocab_size, model.config.block_size)
@@ -105,8 +113,16 @@ def print_samples(args, text):
         fail(e)
     if note:  # the prompt was cropped to block_size
         print(f"sample.py: {note}", file=sys.stderr)
+    cache_positions = cache_length(len(ids), args.max_new_tokens, model.config.block_size)
+    batch_size = args.batch_size or default_batch_size(args.num_samples, model.config, cache_positions)
+    for first in range(0, args.num_samples, batch_size):
+        print_batch(args, model, ids, range(first, min(first + batch_size, args.num_samples)))
 
-    rng = np.random.default_rng(args.seed)  # one generator for all samples, as nanoGPT seeds torch once
+
+def print_batch(args, model, ids, samples):
+    """Draw the samples (indices) as one batch from the prompt ids, and print them in order, each followed by
+    the separator line. Sample i draws from its own random stream, fixed by (seed, i) alone, so its text does
+    not depend on the batch it falls in. On a terminal the batch's first sample is printed as it grows."""
     stream = sys.stdout.isatty()
 
     def write(text):
@@ -114,21 +130,22 @@ def print_samples(args, text):
             sys.stdout.write(text)
             sys.stdout.flush()
 
-    for _ in range(args.num_samples):
-        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")  # a token may end mid-character
-        text = decoder.decode(tokenizer.decode_bytes(ids))
-        if stream:
-            write(text)
-        steps = model.generate_tokens(np.array([ids]), args.max_new_tokens, args.temperature,
-                                      args.top_k or None, args.top_p, rng)
-        for next_ids in steps:
-            piece = decoder.decode(tokenizer.decode_bytes(next_ids))
-            text += piece
-            if stream:
+    decoders = [codecs.getincrementaldecoder("utf-8")(errors="replace") for _ in samples]  # a token may end mid-character
+    texts = [decoder.decode(tokenizer.decode_bytes(ids)) for decoder in decoders]
+    if stream:
+        write(texts[0])
+    steps = model.generate_tokens(np.array([ids]), args.max_new_tokens, args.temperature, args.top_k or None,
+                                  args.top_p, row_generators(args.seed, samples))  # the prompt runs once
+    for next_ids in steps:  # (batch,)
+        for row, (decoder, token) in enumerate(zip(decoders, next_ids)):
+            piece = decoder.decode(tokenizer.decode_bytes([token]))
+            texts[row] += piece
+            if stream and row == 0:
                 write(piece)
+    for row, decoder in enumerate(decoders):
         piece = decoder.decode(b"", final=True)
-        text += piece
-        write((piece if stream else text) + "\n" + SEPARATOR + "\n")
+        texts[row] += piece
+        write((piece if stream and row == 0 else texts[row]) + "\n" + SEPARATOR + "\n")
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ import numpy as np
 
 import weights
 from weights import GPTConfig
-from weights.sampling import cache_length, generate_tokens
+from weights.sampling import batch_rows, cache_length, generate_tokens
 
 DTYPES = {"float32": np.float32, "float64": np.float64}
 
@@ -103,6 +103,11 @@ class KVCache:
         self.k[:, :, pos] = k
         self.v[:, :, pos] = v
         return self.k[:, :, :n_keys], self.v[:, :, :n_keys]  # 2 x (B, nh, n_keys, hs)
+
+    def copy_rows(self, source, n):
+        """Write source's first n positions, (1, nh, n, hs) twice, into every row: one prompt, many samples."""
+        self.k[:, :, :n] = source.k[:, :, :n]
+        self.v[:, :, :n] = source.v[:, :, :n]
 
 
 class CausalSelfAttention:
@@ -207,9 +212,11 @@ class GPT:
         return activations
 
     def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None, rng=None, use_cache=True):
-        """Continue idx (B, T) by max_new_tokens tokens and return the whole sequence (B, T + max_new_tokens)."""
+        """Continue idx (B, T) by max_new_tokens tokens and return the whole sequence (B, T + max_new_tokens)
+        (B samples of a prompt idx (1, T) when rng is a list of B generators)."""
         prompt = np.asarray(idx, dtype=np.int64)  # (B, T)
         steps = [t[:, None] for t in self.generate_tokens(prompt, max_new_tokens, temperature, top_k, top_p, rng, use_cache)]
+        prompt = np.repeat(prompt, batch_rows(prompt, rng) // len(prompt), axis=0)  # (B, T): one prompt row, B samples
         return np.concatenate([prompt, *steps], axis=1)  # (B, T + max_new_tokens)
 
     def generate_tokens(self, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None, rng=None, use_cache=True):
@@ -218,8 +225,10 @@ class GPT:
         length = cache_length(idx.shape[1], max_new_tokens, self.config.block_size)
 
         def forward(ids, start):
-            if start == 0 and use_cache:
+            if use_cache and start == 0:
                 self.allocate_kv_cache(ids.shape[0], length)
+            elif use_cache and ids.shape[0] != self.kv_cache[0].k.shape[0]:
+                self.expand_kv_cache(ids.shape[0], start)  # a shared prompt ran as one row
             return self(ids, start)[:, -1, :]  # (B, V)
 
         rng = rng if rng is not None else np.random.default_rng()
@@ -236,6 +245,14 @@ class GPT:
         shape = (batch_size, c.n_head, length or c.block_size, c.n_embd // c.n_head)  # (B, nh, L, hs)
         if self.kv_cache is None or self.kv_cache[0].k.shape != shape:
             self.kv_cache = [KVCache(shape, self.dtype) for _ in range(c.n_layer)]
+
+    def expand_kv_cache(self, batch_size, n):
+        """Replace a one-sequence cache by one for batch_size sequences, each starting as a copy of its first n
+        positions: a prompt processed once, continued by batch_size samples."""
+        one_row, self.kv_cache = self.kv_cache, None
+        self.allocate_kv_cache(batch_size, one_row[0].k.shape[2])
+        for layer, source in zip(self.kv_cache, one_row):
+            layer.copy_rows(source, n)
 
     @classmethod
     def from_pretrained(cls, source, dtype="float32"):

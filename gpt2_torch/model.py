@@ -15,7 +15,7 @@ from torch.nn import functional as F
 
 import weights
 from weights import GPTConfig
-from weights.sampling import cache_length, generate_tokens
+from weights.sampling import batch_rows, cache_length, generate_tokens
 
 from .compiled_step import compile_step
 from .device import resolve_device
@@ -77,6 +77,11 @@ class KVCache(nn.Module):
         self.k.index_copy_(2, pos, k.to(self.k.dtype))
         self.v.index_copy_(2, pos, v.to(self.v.dtype))
         return self.k[:, :, :n_keys], self.v[:, :, :n_keys]  # 2 x (B, nh, n_keys, hs)
+
+    def copy_rows(self, source, n):
+        """Write source's first n positions, (1, nh, n, hs) twice, into every row: one prompt, many samples."""
+        self.k[:, :, :n] = source.k[:, :, :n]
+        self.v[:, :, :n] = source.v[:, :, :n]
 
 
 class CausalSelfAttention(nn.Module):
@@ -224,10 +229,12 @@ class GPT(nn.Module):
 
     @torch.no_grad()
     def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None, rng=None, use_cache=True):
-        """Continue idx (B, T) by max_new_tokens tokens and return the whole sequence (B, T + max_new_tokens),
+        """Continue idx (B, T) by max_new_tokens tokens and return the whole sequence (B, T + max_new_tokens)
+        (B samples of a prompt idx (1, T) when rng is a list of B generators),
         as a tensor when idx is one (nanoGPT's signature), else as a NumPy array."""
         prompt = np.asarray(idx.cpu() if torch.is_tensor(idx) else idx, dtype=np.int64)  # (B, T)
         steps = [t[:, None] for t in self.generate_tokens(prompt, max_new_tokens, temperature, top_k, top_p, rng, use_cache)]
+        prompt = np.repeat(prompt, batch_rows(prompt, rng) // len(prompt), axis=0)  # (B, T): one prompt row, B samples
         out = np.concatenate([prompt, *steps], axis=1)  # (B, T + max_new_tokens)
         return torch.as_tensor(out, device=idx.device) if torch.is_tensor(idx) else out
 
@@ -243,8 +250,10 @@ class GPT(nn.Module):
 
         def forward(ids, start):
             ids = torch.from_numpy(ids.copy()).to(device)  # fresh strides: a slice's would recompile the step
-            if start == 0 and use_cache:
+            if use_cache and start == 0:
                 self.allocate_kv_cache(ids.shape[0], length)
+            elif use_cache and ids.shape[0] != self.kv_cache[0].k.shape[0]:
+                self.expand_kv_cache(ids.shape[0], start)  # a shared prompt ran as one row
             if start > 0 and self.compiled_decode_step is not None:
                 logits = self.compiled_decode_step(ids, torch.tensor([start], device=device))  # (B, V)
             else:
@@ -292,6 +301,14 @@ class GPT(nn.Module):
             for layer in cache:
                 layer.reset()
         self.kv_cache = cache
+
+    def expand_kv_cache(self, batch_size, n):
+        """Replace a one-sequence cache by one for batch_size sequences, each starting as a copy of its first n
+        positions: a prompt processed once, continued by batch_size samples."""
+        one_row, self.kv_cache = self.kv_cache, None
+        self.allocate_kv_cache(batch_size, one_row[0].k.shape[2])
+        for layer, source in zip(self.kv_cache, one_row):
+            layer.copy_rows(source, n)
 
     @classmethod
     def from_pretrained(cls, source, device="cpu", dtype="float32"):

@@ -14,6 +14,7 @@ import torch
 from torch._dynamo.utils import counters
 
 from gpt2_torch import GPT
+from weights.sampling import row_generators
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.py
 
@@ -33,7 +34,7 @@ def test_one_graph_serves_every_step_of_every_generation(odd_checkpoint, fresh_c
     block_size, then the window slides and each step is an eager pass over the window (nanoGPT's crop), and
     the text matches the eager model's throughout. Two shorter generations (a 64-position cache, not 48)
     come in between and after, and the one with a NaN left in its kept cache is unaffected (the cache is
-    reset). error_on_recompile makes any recompilation an error, fullgraph=True a graph break: one graph
+    reset); then one prompt row continued by 2 samples. error_on_recompile makes any recompilation an error, fullgraph=True a graph break: one graph
     per cache shape, compiled once."""
     model = GPT.from_pretrained(odd_checkpoint.path).compile_decode_step()
     eager = GPT.from_pretrained(odd_checkpoint.path)
@@ -55,6 +56,11 @@ def test_one_graph_serves_every_step_of_every_generation(odd_checkpoint, fresh_c
         with torch.inference_mode():  # the cache was made under generate's inference mode
             kept[0].k.fill_(torch.nan)  # as an overflow in an earlier generation could leave it
         both(60, seed=3)
+        # One prompt row for 2 samples: it runs eagerly as one row, its cache is copied into the kept 2-row
+        # cache, and the same graph decodes.
+        compiled = model.generate(prompt[:1], 30, temperature=0.8, top_k=20, rng=row_generators(4, range(2)))
+        expected = eager.generate(prompt[:1], 30, temperature=0.8, top_k=20, rng=row_generators(4, range(2)))
+        np.testing.assert_array_equal(compiled, expected)
     assert counters["stats"]["unique_graphs"] == 1
     assert sum(counters["graph_break"].values()) == 0
     assert model.kv_cache is None  # the active cache is released; the kept one waits in kept_kv_caches

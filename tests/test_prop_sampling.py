@@ -247,19 +247,25 @@ def test_both_backends_generate_the_same_tokens(config, seed, data):
 @given(model_configs(), seeds, st.data())
 def test_with_a_stream_per_row_each_row_is_generated_as_if_alone(config, seed, data):
     """A batch generated with row_generators gives each row the tokens that row gets generated alone with its
-    own stream, in both backends, past block_size too; float64, exact, as in the test above (the batched
-    forward pass computes each row's logits with the same sums)."""
+    own stream, in both backends, past block_size too, with and without the KV cache; so does one prompt row
+    continued by B samples (it runs once, and its cache is copied to the B rows). float64, exact, as in the
+    test above (the batched forward pass computes each row's logits with the same sums)."""
     torch_model, numpy_model = tiny_models(config, random_params(config, seed), "float64")
     B = data.draw(st.integers(2, 3))
     prompt = np.random.default_rng(seed).integers(config.vocab_size, size=(B, data.draw(st.integers(1, 8))))
     options = dict(max_new_tokens=data.draw(st.integers(1, config.block_size + 4)), temperature=1.0,
                    top_k=data.draw(st.none() | st.integers(1, config.vocab_size)), top_p=data.draw(top_ps))
+    options["use_cache"] = data.draw(st.booleans())
     sample_seed = data.draw(seeds)
     for model in (torch_model, numpy_model):
         together = model.generate(prompt, rng=row_generators(sample_seed, range(B)), **options)
+        shared = model.generate(prompt[:1], rng=row_generators(sample_seed, range(B)), **options)
+        assert together.shape == shared.shape == (B, prompt.shape[1] + options["max_new_tokens"])
         for b in range(B):
             alone = model.generate(prompt[b : b + 1], rng=row_generators(sample_seed, [b]), **options)
             np.testing.assert_array_equal(together[b : b + 1], alone, err_msg=f"row {b}")
+            alone = model.generate(prompt[:1], rng=row_generators(sample_seed, [b]), **options)
+            np.testing.assert_array_equal(shared[b : b + 1], alone, err_msg=f"row {b} of the shared prompt")
 
 
 # --- the distribution: a chi-square goodness-of-fit test with a fixed seed ------------------------------------

@@ -45,6 +45,26 @@ def run_all(commands: dict) -> dict:
     return results
 
 
+def run_on_terminal(*args) -> tuple[int, str, str]:
+    """sample.py with its stdout on a pseudo-terminal: (exit code, what the terminal received, stderr). The
+    terminal turns each \\n into \\r\\n (its ONLCR setting); that is undone."""
+    leader, follower = pty.openpty()
+    process = start_cli(*args, stdout=follower)
+    os.close(follower)
+    chunks = []
+    while True:
+        try:
+            chunk = os.read(leader, 4096)
+        except OSError:  # EIO: the process closed its end of the terminal
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    os.close(leader)
+    _, err = process.communicate(timeout=120)
+    return process.returncode, b"".join(chunks).decode("utf-8").replace("\r\n", "\n"), err
+
+
 def run_main(capsys, *args) -> str:
     """sample.main in this process; its stdout (stderr must stay empty unless asked with run_main_err)."""
     out, err = run_main_err(capsys, *args)
@@ -87,7 +107,7 @@ def test_end_to_end_format_and_backends(small_checkpoint):
         samples = split_samples(out)
         assert len(samples) == 2 and all(s.startswith("Hello, my name is") for s in samples)
         assert out.count(SEPARATOR) == 2
-        assert samples[0] != samples[1]  # one generator for both samples: they continue differently
+        assert samples[0] != samples[1]  # a random stream per sample: they continue differently
     assert results["torch"][1] == results["numpy"][1]
 
 
@@ -146,26 +166,11 @@ def test_bad_input_is_one_line_on_stderr_and_a_nonzero_exit(small_checkpoint, ba
 
 
 def test_streaming_to_a_terminal_prints_the_same_text(small_checkpoint, capsys):
-    """On a TTY the tokens are written as they come; the text must be the same as when piped. The terminal
-    turns each \\n into \\r\\n (its ONLCR setting), so that is undone before comparing."""
+    """On a TTY the tokens are written as they come; the text must be the same as when piped."""
     args = ["--init-from", small_checkpoint.path, "--backend", "numpy", "--start", "Once upon a time",
             "--num_samples", 2, "--max_new_tokens", 40]
-    leader, follower = pty.openpty()
-    process = start_cli(*args, stdout=follower)
-    os.close(follower)
-    chunks = []
-    while True:
-        try:
-            chunk = os.read(leader, 4096)
-        except OSError:  # EIO: the process closed its end of the terminal
-            break
-        if not chunk:
-            break
-        chunks.append(chunk)
-    os.close(leader)
-    _, err = process.communicate(timeout=120)
-    assert process.returncode == 0 and err == "", err
-    on_terminal = b"".join(chunks).decode("utf-8").replace("\r\n", "\n")
+    code, on_terminal, err = run_on_terminal(*args)
+    assert code == 0 and err == "", err
     assert on_terminal == run_main(capsys, *args)
 
 
@@ -180,8 +185,8 @@ def test_a_closed_pipe_stops_quietly(small_checkpoint):
 
 
 def test_a_torch_runtime_error_is_one_line_after_the_samples_already_printed(small_checkpoint, capsys, monkeypatch):
-    """A RuntimeError from torch (here CUDA's out-of-memory, a subclass, raised while drawing the second sample)
-    ends sample.py with the message's first line, not a traceback; the first sample stays printed."""
+    """A RuntimeError from torch (here CUDA's out-of-memory, a subclass, raised while drawing the second batch of
+    one sample) ends sample.py with the message's first line, not a traceback; the first sample stays printed."""
     import gpt2_torch
 
     generate_tokens = gpt2_torch.GPT.generate_tokens
@@ -194,7 +199,8 @@ def test_a_torch_runtime_error_is_one_line_after_the_samples_already_printed(sma
         yield from generate_tokens(self, *args, **kwargs)
 
     monkeypatch.setattr(gpt2_torch.GPT, "generate_tokens", out_of_memory_on_the_second_sample)
-    args = ["--init-from", small_checkpoint.path, "--num_samples", 3, "--max_new_tokens", 5, "--start", "Hi"]
+    args = ["--init-from", small_checkpoint.path, "--num_samples", 3, "--batch_size", 1, "--max_new_tokens", 5,
+            "--start", "Hi"]
     with pytest.raises(SystemExit) as exit_info:
         run_main(capsys, *args)
     out, err = capsys.readouterr()

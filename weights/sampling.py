@@ -8,11 +8,14 @@ differ where the two backends' float32 logits (which agree to about 1e-6) fall o
 decision — see "Backend-identical sampling" in the README for how rare that is.
 """
 
+import math
 from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
 
+from .config import GPTConfig
 from .errors import NonFiniteLogitsError
+from .loader import parameter_shapes
 
 NON_FINITE = (
     "the model's logits are NaN or infinite, so no token can be drawn: the checkpoint holds NaN or infinite "
@@ -118,6 +121,26 @@ def cache_length(prompt_tokens: int, max_new_tokens: int, block_size: int) -> in
     return min(block_size, max(64, 1 << (needed - 1).bit_length()))
 
 
+def default_batch_size(num_samples: int, config: GPTConfig, cache_positions: int) -> int:
+    """How many samples to draw at once when the user does not say: all of them, but no more than keep the
+    batch's KV cache (2 x n_layer x n_embd values per position per sample, cache_positions positions, see
+    cache_length) within half as many values as the model has weights. Decoding reads every weight once per
+    step however many samples share the step, so a batch costs little more than one sample, until its cache
+    (read every step too) rivals the weights. GPT-2 124M: 26 samples of a 128-position cache, 3 of 1024."""
+    n_weights = sum(math.prod(shape) for shape in parameter_shapes(config).values())
+    per_sample = 2 * config.n_layer * config.n_embd * cache_positions
+    return max(1, min(num_samples, n_weights // 2 // per_sample))
+
+
+def batch_rows(idx: np.ndarray, rng) -> int:
+    """How many sequences a generation from the prompt idx (B, T) with rng makes: B, or one per generator."""
+    if rng is None or isinstance(rng, np.random.Generator):
+        return idx.shape[0]
+    if idx.shape[0] not in (1, len(rng)):
+        raise ValueError(f"{len(rng)} generators for {idx.shape[0]} prompt rows")
+    return len(rng)
+
+
 def generate_tokens(
     forward: Callable[[np.ndarray, int], np.ndarray],
     idx: np.ndarray,
@@ -131,22 +154,30 @@ def generate_tokens(
 ) -> Iterator[np.ndarray]:
     """Yield max_new_tokens steps of new token ids (B,), continuing the prompt idx (B, T).
 
-    forward(ids, start) runs the tokens ids (B, t) at positions start .. start+t-1 and returns the
-    logits (B, V) of the last one. With use_cache, the backend keeps a KV cache: start is the number of
+    forward(ids, start) runs the tokens ids (b, t) at positions start .. start+t-1 and returns the
+    logits (b, V) of the last one. With use_cache, the backend keeps a KV cache: start is the number of
     tokens already in it, and start == 0 tells it to begin afresh. So the prompt is processed once and
     then one token per step. As in nanoGPT, the model only ever sees the last block_size tokens: once the
     text is longer, the window slides by one each step, every position embedding changes, and the cache
     is rebuilt from the cropped window (a full forward of block_size tokens per step).
+
+    One prompt row with B generators (rng a list, B > 1) is one prompt shared by B samples: it runs once, as
+    one row, and the next call hands forward B rows at start > 0, the backend's signal to copy its one row of
+    cache to all B (expand_kv_cache). The logits are the same as B copies of the prompt would give.
     """
     idx = np.asarray(idx, dtype=np.int64)
+    rows = batch_rows(idx, rng)  # B
     cached = 0  # tokens of idx whose keys and values are in the backend's cache
     for _ in range(max_new_tokens):
         if not use_cache or idx.shape[1] > block_size:
             start, new = 0, idx[:, -block_size:]  # (B, min(T, block_size)) everything, from scratch
         else:
             start, new = cached, idx[:, cached:]  # (B, t) only what the cache has not seen
-        logits = forward(new, start)  # (B, V)
+        logits = forward(new, start)  # (B, V), or (1, V) for a shared prompt
         cached = start + new.shape[1]
+        if idx.shape[0] < rows:  # the shared prompt has run: from here on, each sample is a row of its own
+            idx = np.repeat(idx, rows, axis=0)  # (B, T)
+            logits = np.repeat(logits, rows, axis=0)  # (B, V)
         next_ids = sample_next(logits, rng, temperature, top_k, top_p)  # (B,)
         idx = np.concatenate([idx, next_ids[:, None]], axis=1)  # (B, T + 1)
         yield next_ids
