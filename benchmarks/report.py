@@ -1,7 +1,8 @@
-"""Measure the targets of issue 6 in one run and rewrite BENCHMARKS.md, benchmarks/results.json and results.png.
+"""Measure the speed targets in one run and rewrite BENCHMARKS.md, benchmarks/results.json and results.png.
 
-    uv run python -m benchmarks.report            # about 5 minutes on 2 cores
-    uv run python -m benchmarks.report --reps 3   # fewer repetitions, faster
+    uv run python -m benchmarks.report                         # about 40 minutes on 2 cores
+    uv run python -m benchmarks.report --reps 3                # fewer repetitions, faster
+    uv run python -m benchmarks.report --llama-cpp DIR         # llama.cpp too (benchmarks/llama_cpp.py)
 
 How it measures:
 - Every contender (torch and NumPy backends, transformers; float32 and bfloat16) runs in its own worker
@@ -12,12 +13,19 @@ How it measures:
 - Decoding: batch 1, an 8-token prompt, 128 new tokens, top_k 200, temperature 0.8, as generate() runs it
   (prompt, sampling and all): tokens/s = 128 / seconds. transformers runs generate(do_sample=True) with
   min_new_tokens=128, so it never stops early.
+- Batched decoding: 8 samples of one 8-token prompt, 128 new tokens each, as sample.py draws them (the prompt
+  once, then one step for all 8, a random stream per sample); tokens/s = 8 x 128 / seconds. transformers runs
+  generate(num_return_sequences=8).
 - Prefill: one forward of 1024 tokens into an empty KV cache, logits of the last position only (as the first
   step of generate). transformers gets logits_to_keep=1, which its own generate uses, so all do the same work.
 - Roofline: decoding one token reads every weight once. Read bandwidth (GB/s) / bytes read per token = the
   most tokens/s any implementation could reach on this machine. The bandwidth is measured once a round with
   several read kernels over 1 GiB (sums, matrix-vector products); the roofline takes the best of the run.
-- Peak RSS while sampling: a fresh process per backend runs a tiny model first (so that the libraries' own
+- llama.cpp (--llama-cpp DIR): f32 and f16 GGUFs of the same checkpoint take their turns in the same rounds;
+  each figure of ours is also set against llama.cpp's of the same round (float32 against f32, bfloat16 against
+  f16), and the median of those per-round ratios is reported, over the rounds where llama.cpp f32 decodes at
+  >= 100 tokens/s (a fast memory bus) and over all rounds.
+- Peak RSS while sampling: a fresh process per backend (and per batch: 1 and 8 samples) runs a tiny model first (so that the libraries' own
   memory is in place), takes its RSS as the baseline, loads the model, resets its peak (writing 5 to
   /proc/self/clear_refs sets VmHWM to the current RSS), samples 128 tokens, and reads VmHWM - baseline.
 """
@@ -39,12 +47,14 @@ from pathlib import Path
 import numpy as np
 
 import weights
-from weights.sampling import cache_length
+from weights.sampling import cache_length, row_generators
 from benchmarks import common
 
 ROOT = Path(__file__).resolve().parent.parent
 PROMPT_TOKENS, NEW_TOKENS, TOP_K, TEMPERATURE = 8, 128, 200, 0.8
 PREFILL_TOKENS = 1024
+BATCH = 8  # samples decoded together in the batched measurement
+FAST_BUS_TOKENS_PER_S = 100  # llama.cpp f32 decoding at least this fast: a round on a fast memory bus (>= 50 GB/s)
 BANDWIDTH_BUFFER = 1 << 30  # 1 GiB, far larger than the L3 cache, so a sum over it reads main memory
 MARK_BEGIN, MARK_END = "<!-- report:begin -->", "<!-- report:end -->"
 
@@ -63,16 +73,18 @@ def worker(contender):
     if backend == "torch+compile":  # compile now, on the decode's own shapes, and time what a user waits
         info["seconds_to_second_token"] = seconds_to_second_token(model, prompt)
 
-    def decode(seed):
+    def decode(seed, batch):
+        """Tokens generated: batch samples of NEW_TOKENS from the prompt; batch 1 draws from one generator."""
         if backend == "transformers":
             torch.manual_seed(seed)
             ids = torch.from_numpy(prompt)
             out = model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=True, top_k=TOP_K,
                                  temperature=TEMPERATURE, max_new_tokens=NEW_TOKENS, min_new_tokens=NEW_TOKENS,
-                                 pad_token_id=model.config.eos_token_id)
-            return out.shape[1] - PROMPT_TOKENS
-        out = model.generate(prompt, NEW_TOKENS, temperature=TEMPERATURE, top_k=TOP_K, rng=np.random.default_rng(seed))
-        return out.shape[1] - PROMPT_TOKENS
+                                 num_return_sequences=batch, pad_token_id=model.config.eos_token_id)
+        else:
+            rng = np.random.default_rng(seed) if batch == 1 else row_generators(seed, range(batch))
+            out = model.generate(prompt, NEW_TOKENS, temperature=TEMPERATURE, top_k=TOP_K, rng=rng)
+        return (out.shape[1] - PROMPT_TOKENS) * out.shape[0]
 
     def prefill():
         if backend == "transformers":
@@ -89,8 +101,8 @@ def worker(contender):
         command = json.loads(line)
         with no_autograd(backend):
             start = time.perf_counter()
-            if command["op"] == "decode":
-                tokens = decode(command["seed"])
+            if command["op"] in ("decode", "batched"):
+                tokens = decode(command["seed"], BATCH if command["op"] == "batched" else 1)
             elif command["op"] == "prefill":
                 prefill()
                 tokens = PREFILL_TOKENS
@@ -150,8 +162,8 @@ def status_kib():
         return {line.split(":")[0]: int(line.split()[1]) for line in f if line.startswith(("VmRSS", "VmHWM"))}
 
 
-def peak_rss(contender):
-    """Peak RSS while sampling, in a fresh process: see the module docstring."""
+def peak_rss(contender, batch):
+    """Peak RSS while sampling batch samples, in a fresh process: see the module docstring."""
     import gc
 
     import tempfile
@@ -175,14 +187,14 @@ def peak_rss(contender):
         f.write("5")  # VmHWM := VmRSS: the peak from here on is the peak while sampling
     with no_autograd(backend):
         model.generate(common.prompt(PROMPT_TOKENS), NEW_TOKENS, temperature=TEMPERATURE, top_k=TOP_K,
-                       rng=np.random.default_rng(0))
+                       rng=row_generators(0, range(batch)))
     after = status_kib()
     ru_maxrss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, including the loading
-    model.allocate_kv_cache(1, cache_length(PROMPT_TOKENS, NEW_TOKENS, model.config.block_size))  # generate's
+    model.allocate_kv_cache(batch, cache_length(PROMPT_TOKENS, NEW_TOKENS, model.config.block_size))  # generate's
     kv_cache_bytes = sum(layer.k.nbytes + layer.v.nbytes for layer in model.kv_cache)
     send({"baseline_kib": baseline, "loaded_kib": loaded, "peak_kib": after["VmHWM"], "ru_maxrss_kib": ru_maxrss,
           "weight_bytes": weight_bytes(model.config) * {"float32": 4, "bfloat16": 2}[dtype],
-          "kv_cache_bytes": kv_cache_bytes})
+          "kv_cache_bytes": kv_cache_bytes, "batch": batch})
 
 
 def bandwidth_worker():
@@ -245,8 +257,8 @@ def worker_env():
     return env
 
 
-def run_once(flag, contender=None):
-    args = [sys.executable, "-m", "benchmarks.report", flag] + ([contender] if contender else [])
+def run_once(*flags):
+    args = [sys.executable, "-m", "benchmarks.report", *map(str, flags)]
     result = subprocess.run(args, cwd=ROOT, env=worker_env(), capture_output=True, text=True, timeout=300)
     if result.returncode != 0:
         raise RuntimeError(f"{' '.join(args[2:])} failed:\n{result.stderr[-2000:]}")
@@ -318,25 +330,44 @@ def machine_info():
             "openblas_pins_in_environment": {k: os.environ[k] for k in common.OPENBLAS_PINS if k in os.environ}}
 
 
-def measure(reps, log):
+def measure(reps, log, llama_dir=None):
     config, _ = weights.load(common.checkpoint())
     started, busy0 = time.time(), cpu_busy_seconds()
     children0, self0 = resource.getrusage(resource.RUSAGE_CHILDREN), resource.getrusage(resource.RUSAGE_SELF)
     load_start = os.getloadavg()
     log("starting the workers ...")
     workers = [Worker(c) for c in common.CONTENDERS]
+    if llama_dir:
+        from benchmarks import llama_cpp
+
+        log(f"llama.cpp: GGUFs of {common.CHECKPOINT.name} ...")
+        ggufs = llama_cpp.convert(llama_dir, common.checkpoint(), common.CACHE_DIR / "gguf")
+        workers += [llama_cpp.LlamaCppWorker(llama_dir, path, dtype, PROMPT_TOKENS, NEW_TOKENS, PREFILL_TOKENS, BATCH)
+                    for dtype, path in ggufs.items()]
     meter, bandwidths = Worker("bandwidth"), []
     try:
         log(f"decoding: {PROMPT_TOKENS}-token prompt + {NEW_TOKENS} tokens, {reps} rounds + 1 warm-up")
         decode_runs = alternate(workers, "decode", reps, log, meter, bandwidths)
+        log(f"batched decoding: {BATCH} samples of {NEW_TOKENS} tokens, {reps} rounds + 1 warm-up")
+        batched_runs = alternate(workers, "batched", reps, log, meter, bandwidths)
         log(f"prefill: {PREFILL_TOKENS} tokens, {reps} rounds + 1 warm-up")
         prefill_runs = alternate(workers, "prefill", reps, log, meter, bandwidths)
     finally:
         for w in [*workers, meter]:
             w.close()
     log(f"  bandwidth, best of the run: {best_bandwidth(bandwidths)}")
-    log("peak RSS, one fresh process per backend ...")
-    rss = {c: run_once("--rss", c) for c in ("torch-float32", "torch-bfloat16", "numpy-float32")}
+    log("peak RSS, one fresh process per backend and batch ...")
+    backends = ("torch-float32", "torch-bfloat16", "numpy-float32")
+    rss = {c: run_once("--rss", c, "--rss-batch", 1) for c in backends}
+    rss_batched = {c: run_once("--rss", c, "--rss-batch", BATCH) for c in backends}
+    llama = {}
+    if llama_dir:  # kept apart: the tables of ours compare with transformers, which has no float16 contender
+        runs = {"decode": decode_runs, "batched": batched_runs, "prefill": prefill_runs}
+        llama = {op: {c: r.pop(c) for c in list(r) if c.startswith("llama.cpp")} for op, r in runs.items()}
+        llama = {"decode": summarise(llama["decode"], lambda r: r["tokens"] / r["seconds"], "tokens_per_s"),
+                 "batched": summarise(llama["batched"], lambda r: r["tokens"] / r["seconds"], "tokens_per_s"),
+                 "prefill": summarise(llama["prefill"], lambda r: r["seconds"], "seconds"),
+                 "info": {w.contender: w.info for w in workers if w.contender.startswith("llama.cpp")}}
     wall = time.time() - started
     ours = resource.getrusage(resource.RUSAGE_CHILDREN)
     ours_cpu = (ours.ru_utime + ours.ru_stime) - (children0.ru_utime + children0.ru_stime)
@@ -345,8 +376,8 @@ def measure(reps, log):
     return {
         "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
         "machine": machine_info(),
-        "workers": {w.contender: w.info for w in workers},
-        "settings": {"batch": 1, "prompt_tokens": PROMPT_TOKENS, "new_tokens": NEW_TOKENS, "top_k": TOP_K,
+        "workers": {w.contender: w.info for w in workers if not w.contender.startswith("llama.cpp")},
+        "settings": {"batch": 1, "batched": BATCH, "prompt_tokens": PROMPT_TOKENS, "new_tokens": NEW_TOKENS, "top_k": TOP_K,
                      "temperature": TEMPERATURE, "prefill_tokens": PREFILL_TOKENS, "reps": reps,
                      "model": "GPT-2 124M shape (12 layers, 12 heads, 768 wide, vocabulary 50257), random weights",
                      "checkpoint": str(common.CHECKPOINT), "workers_without": list(common.OPENBLAS_PINS)},
@@ -356,10 +387,14 @@ def measure(reps, log):
         "bandwidth_runs_GBps": bandwidths,
         # the bandwidth measured at the start of each kept decoding round (round 0, the warm-up, is dropped)
         "decode_round_bandwidth_GBps": [max(run.values()) for run in bandwidths[1 : reps + 1]],
+        "batched_round_bandwidth_GBps": [max(run.values()) for run in bandwidths[reps + 2 : 2 * reps + 2]],
         "bytes_per_token": {"float32": bytes_per_token(config, 4), "bfloat16": bytes_per_token(config, 2)},
         "decode": summarise(decode_runs, lambda r: r["tokens"] / r["seconds"], "tokens_per_s"),
+        "batched": summarise(batched_runs, lambda r: r["tokens"] / r["seconds"], "tokens_per_s"),
         "prefill": summarise(prefill_runs, lambda r: r["seconds"], "seconds"),
         "rss": rss,
+        "rss_batched": rss_batched,
+        **({"llama_cpp": llama} if llama else {}),
     }
 
 
@@ -394,7 +429,15 @@ def evaluate(results):
     rss = {c: (r["peak_kib"] - r["baseline_kib"]) * 1024 for c, r in results["rss"].items()}
     rss_limit = {c: 1.3 * r["weight_bytes"] + r["kv_cache_bytes"] for c, r in results["rss"].items()}
     derived["rss_used_bytes"], derived["rss_limit_bytes"] = rss, rss_limit
+    # batch 8: the limit is 1.3 x (weights + the KV cache of 8 sequences), issue 11's
+    rss8 = {c: (r["peak_kib"] - r["baseline_kib"]) * 1024 for c, r in results["rss_batched"].items()}
+    rss8_limit = {c: 1.3 * (r["weight_bytes"] + r["kv_cache_bytes"]) for c, r in results["rss_batched"].items()}
+    derived["rss_batched_used_bytes"], derived["rss_batched_limit_bytes"] = rss8, rss8_limit
+    batched = {c: d["tokens_per_s_median"] for c, d in results["batched"].items()}
+    derived["batched_vs_batch_1"] = {c: batched[c] / tps[c] for c in batched}
+    derived["batched_vs_transformers"] = {c: batched[c] / batched["transformers-" + c.split("-")[1]] for c in batched}
     vs, pv = derived["decode_vs_transformers"], derived["prefill_vs_transformers"]
+    bv, b1 = derived["batched_vs_transformers"], derived["batched_vs_batch_1"]
 
     def target(name, measured, required, unit, at_most=False):
         show = {"x": lambda v: f"{v:.2f}x", "%": lambda v: f"{100 * v:.0f}%",
@@ -414,7 +457,54 @@ def evaluate(results):
         target("prefill 1024 tokens: torch float32 vs transformers forward", pv["torch-float32"], 1.0, "x"),
         target("prefill 1024 tokens: numpy float32 vs transformers forward", pv["numpy-float32"], 0.8, "x"),
     ] + [target(f"peak RSS while sampling, {c}", rss[c], rss_limit[c], "MiB", at_most=True) for c in rss]
+    derived["targets"] += [
+        target(f"batch {BATCH} float32: numpy vs its own batch 1", b1["numpy-float32"], 5.0, "x"),
+        target(f"batch {BATCH} float32: torch vs its own batch 1", b1["torch-float32"], 5.0, "x"),
+        target(f"batch {BATCH} float32: numpy vs transformers num_return_sequences={BATCH}", bv["numpy-float32"], 3.0, "x"),
+        target(f"batch {BATCH} float32: torch vs transformers num_return_sequences={BATCH}", bv["torch-float32"], 3.0, "x"),
+        target(f"batch {BATCH} bfloat16: torch vs transformers num_return_sequences={BATCH}", bv["torch-bfloat16"], 3.0, "x"),
+    ] + [target(f"peak RSS while sampling {BATCH} samples, {c}", rss8[c], rss8_limit[c], "MiB", at_most=True)
+         for c in rss8]
+    if "llama_cpp" in results:
+        derived["vs_llama_cpp"] = versus_llama_cpp(results)
+        vl = derived["vs_llama_cpp"]
+        derived["targets"] += [
+            target("decode vs llama.cpp: numpy float32 / f32", vl["decode"]["numpy-float32"]["judged"], 0.85, "x"),
+            target("decode vs llama.cpp: torch float32 / f32", vl["decode"]["torch-float32"]["judged"], 0.75, "x"),
+            target("decode vs llama.cpp: torch bfloat16 / f16", vl["decode"]["torch-bfloat16"]["judged"], 0.85, "x"),
+            target("prefill vs llama.cpp: torch float32 / f32", vl["prefill"]["torch-float32"]["judged"], 0.9, "x"),
+            target("prefill vs llama.cpp: numpy float32 / f32", vl["prefill"]["numpy-float32"]["judged"], 0.7, "x"),
+            target("numpy float32 decode, fraction of the roofline (vs llama.cpp's issue)", fraction["numpy-float32"],
+                   0.75, "%"),
+            target("torch float32 decode, fraction of the roofline (vs llama.cpp's issue)", fraction["torch-float32"],
+                   0.65, "%"),
+        ]
     return derived
+
+
+def versus_llama_cpp(results):
+    """Each of our contenders against llama.cpp in the same rounds: float32 against f32, bfloat16 against f16.
+
+    Per round, ours / llama.cpp's tokens/s (prefill: llama.cpp's seconds / ours); "all" is the median over every
+    round. Decoding one sequence is bound by the memory bus, whose speed moves between rounds: there "fast" is
+    the median over the rounds where llama.cpp f32 decoded at >= FAST_BUS_TOKENS_PER_S (where the gap shows),
+    and "judged" is "fast" where there were such rounds, else "all". Batched decoding and prefill do many
+    flops per weight read, so every round counts: "judged" is "all"."""
+    llama = results["llama_cpp"]
+    peer = {"float32": "llama.cpp-float32", "bfloat16": "llama.cpp-float16"}
+    fast = [t >= FAST_BUS_TOKENS_PER_S for t in llama["decode"]["llama.cpp-float32"]["tokens_per_s_runs"]]
+    out = {}
+    for op, unit, ours_over_theirs in (("decode", "tokens_per_s", True), ("batched", "tokens_per_s", True),
+                                       ("prefill", "seconds", False)):
+        out[op] = {}
+        for c, d in results[op].items():
+            theirs = llama[op][peer[c.split("-")[1]]][f"{unit}_runs"]
+            ratios = [(a / b if ours_over_theirs else b / a) for a, b in zip(d[f"{unit}_runs"], theirs)]
+            on_fast = [r for r, f in zip(ratios, fast) if f] if op == "decode" else []
+            out[op][c] = {"per_round": ratios, "all": statistics.median(ratios),
+                          "fast": statistics.median(on_fast) if on_fast else None,
+                          "judged": statistics.median(on_fast or ratios), "fast_rounds": len(on_fast)}
+    return out
 
 
 def markdown(results, derived):
@@ -495,6 +585,24 @@ def markdown(results, derived):
     lines += [f"- {k}: {v / 1e6:.1f} MB" for k, v in b32.items()]
     lines += [f"- total: {sum(b32.values()) / 1e6:.1f} MB per token (the KV cache adds 2 x 12 x 768 x 4 bytes = "
               "74 kB per cached position, about 5 MB at the mean context of this run: 1%, left out).", ""]
+    lines += [
+        f"### Batched decoding: {rs['batched']} samples of one {rs['prompt_tokens']}-token prompt, "
+        f"{rs['new_tokens']} new tokens each",
+        "",
+        f"As `sample.py --num_samples {rs['batched']}` draws them: the prompt once, then one step for all "
+        f"{rs['batched']} sequences, each with its own random stream; transformers: `generate(num_return_sequences="
+        f"{rs['batched']})`. Total tokens/s = {rs['batched']} x {rs['new_tokens']} / time of the whole generate call; "
+        f"median of {rs['reps']} runs.",
+        "",
+        "| contender | tokens/s (all samples) | runs | vs its own batch 1 | vs transformers batch "
+        f"{rs['batched']} (same dtype) |",
+        "|---|---|---|---|---|",
+    ]
+    for c, d in results["batched"].items():
+        runs = ", ".join(f"{v:.1f}" for v in d["tokens_per_s_runs"])
+        lines.append(f"| {c} | {d['tokens_per_s_median']:.1f} | {runs} | {derived['batched_vs_batch_1'][c]:.2f}x | "
+                     f"{derived['batched_vs_transformers'][c]:.2f}x |")
+    lines.append("")
     p = results["prefill"]
     lines += [
         f"### Prefill: one forward of {rs['prefill_tokens']} tokens",
@@ -529,12 +637,60 @@ def markdown(results, derived):
                      f"{mib(derived['rss_limit_bytes'][c])} | "
                      f"{mib((r['loaded_kib'] - r['baseline_kib']) * 1024)} | {mib(derived['rss_used_bytes'][c])} | "
                      f"{mib((r['ru_maxrss_kib'] - r['baseline_kib']) * 1024)} |")
+    lines += ["", f"Sampling {rs['batched']} samples at once (limit: 1.3 x (weights + the KV cache of "
+                  f"{rs['batched']} sequences)):", "",
+              "| backend | weights | KV cache | limit | peak while sampling |", "|---|---|---|---|---|"]
+    for c, r in results["rss_batched"].items():
+        lines.append(f"| {c} | {mib(r['weight_bytes'])} | {mib(r['kv_cache_bytes'])} | "
+                     f"{mib(derived['rss_batched_limit_bytes'][c])} | {mib(derived['rss_batched_used_bytes'][c])} |")
+    if "llama_cpp" in results:
+        lines += ["", *llama_cpp_section(results, derived)]
     lines += ["", "![decode tokens/s, prefill and memory](benchmarks/results.png)"]
     if not results.get("cuda"):
         lines += ["", "**GPU:** no CUDA device on this machine (torch.cuda.is_available() is False): the GPU targets "
                       "(--compile with CUDA graphs against transformers, the HBM roofline, prefill TFLOP/s; "
                       "`python -m benchmarks.gpu`) were not measured."]
     return "\n".join(lines)
+
+
+def llama_cpp_section(results, derived):
+    llama, vl, rs = results["llama_cpp"], derived["vs_llama_cpp"], results["settings"]
+    build = next(iter(llama["info"].values()), {}).get("build")
+    lines = [
+        f"### Against llama.cpp (build {build}, {next(iter(llama['info'].values()), {}).get('threads')} threads)",
+        "",
+        "GGUFs of the same checkpoint (converted with llama.cpp's `convert_hf_to_gguf.py`), timed by llama.cpp "
+        f"itself in the same rounds: `llama-bench -pg {rs['prompt_tokens']},{rs['new_tokens']}`, "
+        f"`llama-bench -p {rs['prefill_tokens']} -n 0`, `llama-batched-bench -npp {rs['prompt_tokens']} "
+        f"-ntg {rs['new_tokens']} -npl {rs['batched']}` (see benchmarks/llama_cpp.py).",
+        "",
+        "| llama.cpp | decode tokens/s (runs) | batched tokens/s (runs) | prefill seconds (runs) |",
+        "|---|---|---|---|",
+    ]
+    for c in llama["decode"]:
+        cells = [f"{llama[op][c][f'{u}_median']:.{n}f} ({', '.join(f'{v:.{n}f}' for v in llama[op][c][f'{u}_runs'])})"
+                 for op, u, n in (("decode", "tokens_per_s", 1), ("batched", "tokens_per_s", 1),
+                                  ("prefill", "seconds", 3))]
+        lines.append(f"| {c} | {' | '.join(cells)} |")
+    fast = vl["decode"]["numpy-float32"]["fast_rounds"]
+    lines += [
+        "",
+        "Ours against llama.cpp, float32 against f32 and bfloat16 against f16: the median of the per-round ratios "
+        f"(above 1: ours is faster). Decoding is judged on the rounds where llama.cpp f32 decoded at >= "
+        f"{FAST_BUS_TOKENS_PER_S} tokens/s (a fast memory bus): {fast} of {rs['reps']} rounds here"
+        + ("" if fast else ", so all rounds are used") + ". Decoding rounds' bandwidth: "
+        + ", ".join(f"{b:.0f}" for b in results["decode_round_bandwidth_GBps"]) + " GB/s.",
+        "",
+        "| contender | decode, fast-bus rounds | decode, all rounds | decode per round | batched | prefill |",
+        "|---|---|---|---|---|---|",
+    ]
+    for c in vl["decode"]:
+        d = vl["decode"][c]
+        fast_cell = f"{d['fast']:.2f}x" if d["fast"] is not None else "—"
+        per_round = ", ".join(f"{r:.2f}" for r in d["per_round"])
+        lines.append(f"| {c} | {fast_cell} | {d['all']:.2f}x | {per_round} | {vl['batched'][c]['all']:.2f}x | "
+                     f"{vl['prefill'][c]['all']:.2f}x |")
+    return lines
 
 
 def chart(results, derived, path):
@@ -599,26 +755,40 @@ def main(argv=None):
     p = argparse.ArgumentParser(prog="python -m benchmarks.report", description=__doc__.split("\n\n")[0])
     p.add_argument("--reps", type=int, default=5, help="timed runs per contender and measurement (default: 5)")
     p.add_argument("--out", type=Path, default=ROOT, help="where BENCHMARKS.md and benchmarks/ results go")
+    p.add_argument("--llama-cpp", type=Path, metavar="DIR",
+                   help="also time llama.cpp, built in DIR as ../shared/llamacpp-anchor/build.sh builds it "
+                        "(llama.cpp/build/bin, llama.cpp/convert_hf_to_gguf.py, venv/)")
+    p.add_argument("--from-json", type=Path, metavar="FILE",
+                   help="measure nothing: rewrite the tables and the chart from a results.json this report wrote")
     p.add_argument("--worker", help=argparse.SUPPRESS)
     p.add_argument("--rss", help=argparse.SUPPRESS)
+    p.add_argument("--rss-batch", type=int, default=1, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.worker:
         return bandwidth_worker() if args.worker == "bandwidth" else worker(args.worker)
     if args.rss:
-        return peak_rss(args.rss)
+        return peak_rss(args.rss, args.rss_batch)
     if args.reps < 1:
         p.exit(2, f"{p.prog}: error: --reps must be >= 1, got {args.reps}\n")
+    if args.llama_cpp and not (args.llama_cpp / "llama.cpp" / "build" / "bin" / "llama-bench").is_file():
+        p.exit(2, f"{p.prog}: error: --llama-cpp {args.llama_cpp}: no llama.cpp/build/bin/llama-bench in it\n")
 
     def log(message):
         print(message, file=sys.stderr, flush=True)
 
-    results = measure(args.reps, log)
-    import torch
-
-    results["cuda"] = torch.cuda.is_available()
-    derived = evaluate(results)
     (args.out / "benchmarks").mkdir(parents=True, exist_ok=True)
-    (args.out / "benchmarks" / "results.json").write_text(json.dumps({**results, "derived": derived}, indent=1) + "\n")
+    path = args.out / "benchmarks" / "results.json"
+    if args.from_json:
+        results = json.loads(args.from_json.read_text())
+        results.pop("derived", None)
+    else:
+        results = measure(args.reps, log, args.llama_cpp)
+        import torch
+
+        results["cuda"] = torch.cuda.is_available()
+        path.write_text(json.dumps(results, indent=1) + "\n")  # the measurements are safe before any arithmetic
+    derived = evaluate(results)
+    path.write_text(json.dumps({**results, "derived": derived}, indent=1) + "\n")
     chart(results, derived, args.out / "benchmarks" / "results.png")
     section = markdown(results, derived)
     write_markdown(section, args.out / "BENCHMARKS.md")

@@ -68,6 +68,12 @@ def causal_attention(q, k, v, mask, chunk=128):
     return y
 
 
+def rows(x):
+    """x (B, T, C) as one matrix (B * T, C). A product of the (B, T, C) stack with a weight is B products, each
+    reading the whole weight; decoding B sequences (T = 1) would read every weight B times a step."""
+    return x.reshape(-1, x.shape[-1])  # (B * T, C)
+
+
 # --- the modules, named as in gpt2_torch ------------------------------------------------------------
 
 class Linear:
@@ -77,10 +83,10 @@ class Linear:
         self.weight, self.bias = weight, bias
 
     def __call__(self, x):
-        y = x @ self.weight  # (..., in) x (in, out) -> (..., out)
+        y = rows(x) @ self.weight  # (B * T, in) x (in, out) -> (B * T, out)
         if self.bias is not None:
             y += self.bias  # in place: y is new, and a fresh (B, T, out) array costs a prompt page faults
-        return y
+        return y.reshape(*x.shape[:-1], -1)  # (B, T, out)
 
 
 class LayerNorm:
@@ -170,7 +176,8 @@ class GPT:
         self.kv_cache = None  # n_layer KVCaches, each (B, nh, L, hs) twice; allocated by generate
 
     def lm_head(self, x):
-        return x @ self.wte.T  # (..., C) x (C, vocab_size) -> (..., vocab_size), tied to the token embedding
+        logits = rows(x) @ self.wte.T  # (B * T, C) x (C, vocab_size), tied to the token embedding
+        return logits.reshape(*x.shape[:-1], -1)  # (B, T, vocab_size)
 
     def __call__(self, idx, start=0, trace=None):
         """Logits of the last position, (B, 1, vocab_size), as the torch backend's forward.

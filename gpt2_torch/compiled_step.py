@@ -4,7 +4,7 @@ on each kind of device.
 - CUDA: mode="reduce-overhead" captures the step as a CUDA graph: one launch replays all of its kernels,
   with no Python and no per-kernel launch cost in between.
 - CPU: with Inductor's defaults the compiled step calls MKL for its products, and MKL multiplies one row on
-  one core: measured 0.97x eager decoding, whose one-row products run on every core (one_row_products.py).
+  one core: measured 0.97x eager decoding, whose one-row products run on every core (few_row_products.py).
   With freezing (the weights become constants of the graph, so Inductor may repack them) and max-autotune,
   Inductor times its own C++ GEMM micro-kernels against MKL for each product and keeps the faster: they ran
   3-4x faster than MKL's on GPT-2 124M's one-row products, and decoding 1.3x faster than eager (BENCHMARKS.md).

@@ -19,7 +19,7 @@ from weights.sampling import batch_rows, cache_length, generate_tokens
 
 from .compiled_step import compile_step
 from .device import resolve_device
-from .one_row_products import use_one_row_products
+from .few_row_products import use_few_row_products
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -341,5 +341,5 @@ class GPT(nn.Module):
         model.load_state_dict(state, assign=True, strict=True)
         model.lm_head.weight = model.wte.weight  # assign=True replaced the tied parameter: tie it again
         if device.type == "cpu":
-            use_one_row_products(model)
+            use_few_row_products(model)
         return model.eval()

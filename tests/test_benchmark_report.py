@@ -38,6 +38,17 @@ def made_up_results():
                                                            ("transformers-bfloat16", 0.6)]},
         "rss": {"torch-float32": rss(150, 100, 10), "torch-bfloat16": rss(60, 50, 10),
                 "numpy-float32": rss(140, 100, 10)},
+        # batch 8: total tokens/s of 8 samples
+        "batched": {
+            "torch-float32": runs(160, 160, 160),
+            "torch+compile-float32": runs(200, 200, 200),
+            "torch-bfloat16": runs(270, 270, 270),
+            "numpy-float32": runs(300, 200, 250),
+            "transformers-float32": runs(80, 80, 80),
+            "transformers-bfloat16": runs(100, 100, 100),
+        },
+        "rss_batched": {"torch-float32": rss(150, 100, 20), "torch-bfloat16": rss(100, 50, 20),
+                        "numpy-float32": rss(160, 100, 20)},
     }
 
 
@@ -66,7 +77,68 @@ def test_the_report_derives_ratios_rooflines_and_verdicts():
         "peak RSS while sampling, torch-float32": ("150 MiB", False),
         "peak RSS while sampling, torch-bfloat16": ("60 MiB", True),
         "peak RSS while sampling, numpy-float32": ("140 MiB", True),
+        # batched medians over batch-1 medians: numpy 250 / 45, torch 160 / 40; over transformers': 250 / 80, 160 / 80
+        "batch 8 float32: numpy vs its own batch 1": ("5.56x", True),
+        "batch 8 float32: torch vs its own batch 1": ("4.00x", False),
+        "batch 8 float32: numpy vs transformers num_return_sequences=8": ("3.12x", True),
+        "batch 8 float32: torch vs transformers num_return_sequences=8": ("2.00x", False),
+        "batch 8 bfloat16: torch vs transformers num_return_sequences=8": ("2.70x", False),
+        # limit 1.3 x (weights + KV cache of 8): 156 MiB, 91 MiB, 156 MiB
+        "peak RSS while sampling 8 samples, torch-float32": ("150 MiB", True),
+        "peak RSS while sampling 8 samples, torch-bfloat16": ("100 MiB", False),
+        "peak RSS while sampling 8 samples, numpy-float32": ("160 MiB", False),
     }
+    assert "decode vs llama.cpp: numpy float32 / f32" not in verdicts  # no llama.cpp in this run
+
+
+def test_the_report_sets_each_round_against_llama_cpps_same_round():
+    """llama.cpp f32 decodes at 120, 80, 110 tokens/s in the 3 rounds: rounds 1 and 3 are on a fast bus. NumPy's
+    45, 50, 40 against f32 gives 0.375, 0.625, 0.364 (median of the fast rounds 0.369, of all 0.375); torch
+    bfloat16's 90s against f16's 150, 100, 180 give 0.6, 0.9, 0.5. Prefill: llama.cpp's seconds over ours.
+    Batched and prefill rounds are judged on all rounds."""
+    results = made_up_results()
+
+    def runs(*values, unit="tokens_per_s"):
+        return {f"{unit}_median": sorted(values)[1], f"{unit}_runs": list(values)}
+
+    results["prefill"] = {c: runs(1.0, 1.0, 1.0, unit="seconds") for c in results["decode"]}
+    results["llama_cpp"] = {
+        "decode": {"llama.cpp-float32": runs(120, 80, 110), "llama.cpp-float16": runs(150, 100, 180)},
+        "batched": {"llama.cpp-float32": runs(400, 400, 400), "llama.cpp-float16": runs(500, 500, 500)},
+        "prefill": {"llama.cpp-float32": runs(0.8, 0.9, 1.0, unit="seconds"),
+                    "llama.cpp-float16": runs(2.0, 2.0, 2.0, unit="seconds")},
+        "info": {},
+    }
+    results["settings"] = {"prompt_tokens": 8, "new_tokens": 128, "prefill_tokens": 1024, "batched": 8, "reps": 3}
+    results["decode_round_bandwidth_GBps"] = [60.0, 40.0, 55.0]
+    derived = report.evaluate(results)
+    vl = derived["vs_llama_cpp"]
+    numpy_decode = vl["decode"]["numpy-float32"]
+    assert numpy_decode["per_round"] == pytest.approx([45 / 120, 50 / 80, 40 / 110], rel=1e-12)
+    assert numpy_decode["fast"] == pytest.approx((45 / 120 + 40 / 110) / 2, rel=1e-12)  # median of two
+    assert numpy_decode["all"] == pytest.approx(45 / 120, rel=1e-12)
+    assert numpy_decode["judged"] == numpy_decode["fast"] and numpy_decode["fast_rounds"] == 2
+    assert vl["decode"]["torch-bfloat16"]["per_round"] == pytest.approx([0.6, 0.9, 0.5], rel=1e-12)
+    assert vl["batched"]["numpy-float32"]["judged"] == pytest.approx(250 / 400, rel=1e-12)  # all rounds
+    assert vl["prefill"]["torch-float32"]["judged"] == pytest.approx(0.9, rel=1e-12)  # 0.9 s / 1.0 s
+    assert vl["prefill"]["torch-bfloat16"]["judged"] == pytest.approx(2.0, rel=1e-12)
+    verdicts = {t["name"]: (t["measured"], t["met"]) for t in derived["targets"]}
+    assert verdicts["decode vs llama.cpp: numpy float32 / f32"] == ("0.37x", False)
+    assert verdicts["decode vs llama.cpp: torch bfloat16 / f16"] == ("0.55x", False)  # fast rounds: 0.6, 0.5
+    assert verdicts["prefill vs llama.cpp: torch float32 / f32"] == ("0.90x", True)
+    assert "llama.cpp-float16" in "\n".join(report.llama_cpp_section(results, derived))
+
+
+def test_without_fast_rounds_every_round_is_judged():
+    results = made_up_results()
+    results["llama_cpp"] = {op: {c: {"tokens_per_s_runs": [50, 50, 50], "tokens_per_s_median": 50,
+                                     "seconds_runs": [1, 1, 1], "seconds_median": 1}
+                                 for c in ("llama.cpp-float32", "llama.cpp-float16")}
+                            for op in ("decode", "batched", "prefill")}
+    results["prefill"] = {c: {"seconds_median": 1, "seconds_runs": [1, 1, 1]} for c in results["decode"]}
+    decode = report.evaluate(results)["vs_llama_cpp"]["decode"]["numpy-float32"]
+    assert decode["fast"] is None and decode["fast_rounds"] == 0
+    assert decode["judged"] == decode["all"] == pytest.approx(45 / 50, rel=1e-12)
 
 
 def test_the_report_rewrites_only_its_own_section_of_benchmarks_md(tmp_path):
@@ -76,3 +148,18 @@ def test_the_report_rewrites_only_its_own_section_of_benchmarks_md(tmp_path):
     report.write_markdown("new figures", path)
     assert path.read_text() == (f"# Benchmarks\n\nby hand, before\n\n{report.MARK_BEGIN}\nnew figures\n"
                                 f"{report.MARK_END}\n\nby hand, after\n")
+
+
+def test_the_vocabulary_given_to_llama_cpps_converter_is_gpt2s():
+    """benchmarks/llama_cpp.py rebuilds vocab.json and merges.txt from the tiktoken rank file: 50257 ids as
+    tiktoken numbers them, and 50000 merges in rank order, each joining two tokens of lower rank into the
+    token of the next rank (so BPE with these merges splits text as tiktoken does)."""
+    from benchmarks.llama_cpp import byte_level_vocabulary
+
+    vocab, merges = byte_level_vocabulary()
+    assert len(vocab) == 50257 and sorted(vocab.values()) == list(range(50257))
+    assert vocab["<|endoftext|>"] == 50256 and vocab["Ġthe"] == 262  # " the", its space as GPT-2's Ġ
+    assert len(merges) == 50000
+    for rank, merge in enumerate(merges, start=256):
+        left, right = merge.split(" ")
+        assert vocab[left + right] == rank and vocab[left] < rank and vocab[right] < rank, merge

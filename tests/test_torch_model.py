@@ -16,8 +16,8 @@ import torch
 from torch.nn import functional as F
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from gpt2_torch import GPT, LayerNorm, OneRowLinear, resolve_device
-from gpt2_torch.one_row_products import onednn_switch
+from gpt2_torch import GPT, LayerNorm, FewRowLinear, resolve_device
+from gpt2_torch.few_row_products import onednn_switch
 from weights.sampling import sample_next
 from tests.strategies import SAMPLING, torch_threads
 
@@ -129,34 +129,35 @@ def test_layer_norm_equals_the_formula_in_float64(bias, dtype, tolerance):
     assert ((y.double() - expected).abs() / expected.abs().clamp(min=1)).max().item() <= tolerance
 
 
-# --- OneRowLinear: the one-row kernels of decoding on a CPU -------------------------------------------------
+# --- FewRowLinear: the few-row kernels of decoding on a CPU -------------------------------------------------
 
-def random_linear(n_in, n_out, bias, dtype, stored_in_out=False, seed=0):
-    """A OneRowLinear with weights N(0, 1/n_in), its weight stored (out, in) or (in, out) (as from_pretrained stores
-    c_attn and c_fc in float32), and a row x N(0, 1): outputs of order 1."""
+def random_linear(n_in, n_out, bias, dtype, stored_in_out=False, seed=0, rows=1):
+    """A FewRowLinear with weights N(0, 1/n_in), its weight stored (out, in) or (in, out) (as from_pretrained stores
+    c_attn and c_fc in float32), and rows x (rows, 1, n_in) N(0, 1): outputs of order 1."""
     generator = torch.Generator().manual_seed(seed)
-    linear = OneRowLinear(n_in, n_out, bias=bias)
+    linear = FewRowLinear(n_in, n_out, bias=bias)
     weight = torch.randn(n_out, n_in, generator=generator) / n_in**0.5
     linear.weight = torch.nn.Parameter(weight.t().contiguous().t() if stored_in_out else weight)
     if bias:
         linear.bias = torch.nn.Parameter(torch.randn(n_out, generator=generator))
-    return linear.to(dtype), torch.randn(1, 1, n_in, generator=generator).to(dtype)
+    return linear.to(dtype), torch.randn(rows, 1, n_in, generator=generator).to(dtype)
 
 
 @pytest.mark.parametrize("blocks", [1, 2, 3])
 @pytest.mark.parametrize("n_out", [3, 96, 97])  # divisible by 3 only, by 2 and 3, by neither
 @pytest.mark.parametrize("bias", [True, False])
 @pytest.mark.parametrize("stored_in_out", [False, True])
-def test_row_blocks_product_equals_f_linear(blocks, n_out, bias, stored_in_out):
-    """OneRowLinear.row_blocks_product (the weight's rows in blocks, a batched product, the rows left over on their
+@pytest.mark.parametrize("rows", [1, 5])
+def test_row_blocks_product_equals_f_linear(blocks, n_out, bias, stored_in_out, rows):
+    """FewRowLinear.row_blocks_product (the weight's rows in blocks, a batched product, the rows left over on their
     own) against F.linear, in float32, for either memory layout of the weight. Each output is the same
     64-term dot product in both, summed by other kernels: outputs of order 1 land ~1e-7 apart (64
     roundings of 6e-8); 1e-5 still catches a block multiplied by the wrong rows, or a bias added twice or
-    not at all (errors of order 1)."""
-    linear, x = random_linear(64, n_out, bias, torch.float32, stored_in_out)
+    not at all, or a row's outputs put in another row (errors of order 1)."""
+    linear, x = random_linear(64, n_out, bias, torch.float32, stored_in_out, rows=rows)
     with torch.no_grad():
         y = linear.row_blocks_product(x, blocks)
-        assert y.shape == (1, 1, n_out)
+        assert y.shape == (rows, 1, n_out)
         assert max_diff(y, F.linear(x, linear.weight, linear.bias)) <= 1e-5
         row = x[0, 0]  # (in,): a 1-D row gives a 1-D (out,) result
         assert max_diff(linear.row_blocks_product(row, blocks), F.linear(row, linear.weight, linear.bias)) <= 1e-5
@@ -184,14 +185,15 @@ def products_of(linear, x, threads):
 
 
 @pytest.mark.parametrize("stored_in_out", [False, True])
-def test_linear_takes_the_row_blocks_for_one_float32_row_on_several_threads(stored_in_out):
-    """Which kernel runs: the batched product for one row on 2 threads (97 rows: 2 blocks of 48 and one row
-    on its own); nn.Linear's own for two rows, for one thread, and for a float64 row."""
+def test_linear_takes_the_row_blocks_for_a_few_float32_rows_on_several_threads(stored_in_out):
+    """Which kernel runs: the batched product for 1 and for 16 rows on 2 threads (97 weight rows: 2 blocks of 48
+    and one on its own); nn.Linear's own for 17 rows, for one thread, and for a float64 row."""
     if not torch.backends.mkl.is_available():
         pytest.skip("the row blocks are for MKL's batched product")
     linear, x = random_linear(64, 97, True, torch.float32, stored_in_out)
     assert products_of(linear, x, threads=2) == [("baddbmm", True), ("addmm", True)]
-    assert products_of(linear, torch.cat([x, x], dim=1), threads=2) == [("addmm", True)]
+    assert products_of(linear, x.repeat(16, 1, 1), threads=2) == [("baddbmm", True), ("addmm", True)]
+    assert products_of(linear, x.repeat(17, 1, 1), threads=2) == [("addmm", True)]
     assert products_of(linear, x, threads=1) == [("addmm", True)]
     assert products_of(linear.double(), x.double(), threads=2) == [("addmm", True)]
     with torch.no_grad(), torch_threads(2):
@@ -228,7 +230,7 @@ def test_a_failing_half_precision_product_still_restores_onednn():
 
 
 def test_decoding_on_two_threads_gives_the_traced_logits(small_checkpoint):
-    """Every step of a cached decode on 2 threads (OneRowLinear's row blocks) against the logits of one forward
+    """Every step of a cached decode on 2 threads (FewRowLinear's row blocks) against the logits of one forward
     pass over the whole sequence on 1 thread (the plain kernels), in float32: the same sums in other orders,
     so TOLERANCE["float32"] of the module docstring."""
     model, idx = load(small_checkpoint.path), random_ids(small_checkpoint, 1, 12, seed=5)

@@ -1,0 +1,78 @@
+"""Faster kernels for the matrix products of eager decoding on a CPU: a few rows times a weight matrix.
+
+Decoding multiplies each weight by one row per sequence: B rows for a batch of B samples. Such a product reads
+the whole weight for 2B flops per weight, so memory bandwidth sets its speed, and on a CPU that takes every
+core reading. Measured on 2-core EPYCs (BENCHMARKS.md):
+- float32: MKL multiplies one row on one core, and a few rows (B <= 16) at a fraction of the bandwidth. One
+  block of the weight's rows per thread, multiplied as one batch (MKL's batched product runs the blocks on all
+  threads), reads GPT-2's matrices 1.1-1.4x faster for one row, and decoding gets 1.3x faster; for a batch of 8
+  samples decoding gets 1.4x faster.
+- bfloat16 and float16: oneDNN's matmul reads one row's bfloat16 weight at 10-20 GB/s, ATen's own kernel at
+  26-32 GB/s when the weight is (out, in) contiguous, so oneDNN is switched off around a one-row product.
+
+These are tricks of eager PyTorch on a CPU: GPT.from_pretrained gives them to a model on the CPU, and
+torch.compile (which picks its own kernels) and GPUs never see them.
+"""
+
+import threading
+
+import torch
+import torch.nn as nn
+from torch.nn import functional as F
+
+# torch.backends.mkldnn.enabled is one flag for the whole process: one product at a time switches it off.
+onednn_switch = threading.Lock()
+
+FEW_ROWS = 16  # up to this many rows, the row blocks beat MKL's own float32 product (equal at 16, BENCHMARKS.md)
+
+
+class FewRowLinear(nn.Linear):
+    """nn.Linear, with the faster kernels above for a few rows on a CPU. Anything else (more rows, float64,
+    float32 on one thread, code being traced by torch.compile) takes nn.Linear's own kernels."""
+
+    def forward(self, x):
+        if torch.compiler.is_compiling():  # inductor chooses its own kernels; the checks below would break its graph
+            return super().forward(x)
+        if x.device.type == "cpu" and x.dtype == self.weight.dtype and x.numel() <= FEW_ROWS * self.in_features:
+            threads = torch.get_num_threads()
+            mkl = torch.backends.mkl.is_available()
+            if x.dtype == torch.float32 and threads > 1 and mkl and self.out_features > 0 and x.numel() > 0:
+                return self.row_blocks_product(x, blocks=min(threads, self.out_features))
+            one_row = x.numel() == self.in_features
+            if x.dtype in (torch.bfloat16, torch.float16) and one_row and self.weight.is_contiguous():
+                return self.product_without_onednn(x)
+        return super().forward(x)
+
+    def row_blocks_product(self, x, blocks):
+        """x @ weight.T + bias for a few rows x (..., in), the weight's rows in blocks (any memory layout)."""
+        out, n_in = self.weight.shape
+        rows = x.numel() // n_in  # M
+        size = out // blocks  # weight rows per block; the out % blocks rows left over are multiplied on their own
+        split = blocks * size
+        w = self.weight[:split].view(blocks, size, n_in).transpose(1, 2)  # (blocks, in, size)
+        x_rows = x.reshape(1, rows, n_in).expand(blocks, rows, n_in)  # (blocks, M, in), the same rows for each block
+        if self.bias is None:
+            y = torch.bmm(x_rows, w)  # (blocks, M, size)
+        else:
+            y = torch.baddbmm(self.bias[:split].view(blocks, 1, size), x_rows, w)  # (blocks, M, size)
+        y = y.transpose(0, 1).reshape(rows, split)  # (M, split): each row's blocks side by side
+        if split < out:
+            rest = self.bias[split:] if self.bias is not None else None
+            y = torch.cat([y, F.linear(x.reshape(rows, n_in), self.weight[split:], rest)], dim=1)  # (M, out)
+        return y.view(x.shape[:-1] + (out,))  # (..., out)
+
+    def product_without_onednn(self, x):
+        with onednn_switch:
+            onednn, torch.backends.mkldnn.enabled = torch.backends.mkldnn.enabled, False
+            try:
+                return super().forward(x)
+            finally:
+                torch.backends.mkldnn.enabled = onednn
+
+
+def use_few_row_products(model: nn.Module) -> nn.Module:
+    """Give every nn.Linear of model (on the CPU) the few-row kernels; the weights stay where they are."""
+    for module in model.modules():
+        if type(module) is nn.Linear:
+            module.__class__ = FewRowLinear  # the same parameters and state, another forward
+    return model
