@@ -39,8 +39,8 @@ def parse_args(argv=None):
     p.add_argument("--batch_size", "--batch-size", type=cli.number(int, 1), default=None,
                    help="samples drawn together, in one batch (the prompt runs once per batch); sample i's text "
                         "is the same whatever the batch size (default: all samples, but no more than keep the "
-                        "batch's KV cache within half the number of the model's weights: 26 for GPT-2 124M with "
-                        "a 128-token cache, 3 with a 1024-token one)")
+                        "batch's KV cache, counted in values, within half the model's number of weights: 26 for "
+                        "GPT-2 124M with a 128-token cache, 3 with a 1024-token one)")
     p.add_argument("--max_new_tokens", "--max-new-tokens", type=cli.number(int, 0), default=100,
                    help="tokens generated per sample (default: 100)")
     p.add_argument("--temperature", type=cli.number(float, 0.0), default=0.8,
@@ -130,7 +130,8 @@ def print_batch(args, model, ids, samples):
             sys.stdout.write(text)
             sys.stdout.flush()
 
-    decoders = [codecs.getincrementaldecoder("utf-8")(errors="replace") for _ in samples]  # a token may end mid-character
+    # incremental decoders: a token may end in the middle of a UTF-8 character
+    decoders = [codecs.getincrementaldecoder("utf-8")(errors="replace") for _ in samples]
     texts = [decoder.decode(tokenizer.decode_bytes(ids)) for decoder in decoders]
     if stream:
         write(texts[0])

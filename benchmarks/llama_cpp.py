@@ -54,8 +54,8 @@ def byte_level_vocabulary():
 
     vocab = {spell(token): rank for token, rank in ranks.items()}
     vocab["<|endoftext|>"] = len(ranks)
-    merges = [" ".join(map(spell, last_merge(token, rank))) for token, rank in sorted(ranks.items(), key=lambda kv: kv[1])
-              if rank >= 256]
+    by_rank = sorted(ranks.items(), key=lambda kv: kv[1])
+    merges = [" ".join(map(spell, last_merge(token, rank))) for token, rank in by_rank if rank >= 256]
     return vocab, merges
 
 
@@ -77,7 +77,8 @@ def convert(llama_dir: Path, checkpoint: Path, out_dir: Path) -> dict[str, Path]
     (staging / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n", encoding="utf-8")
     for dtype, path in paths.items():
         partial = path.with_suffix(".partial")
-        subprocess.run([str(llama_dir / "venv" / "bin" / "python"), str(llama_dir / "llama.cpp" / "convert_hf_to_gguf.py"),
+        converter = llama_dir / "llama.cpp" / "convert_hf_to_gguf.py"
+        subprocess.run([str(llama_dir / "venv" / "bin" / "python"), str(converter),
                         str(staging), "--outtype", DTYPES[dtype], "--outfile", str(partial)],
                        check=True, capture_output=True, timeout=600)
         partial.rename(path)
@@ -110,7 +111,8 @@ class LlamaCppWorker:
         if op == "batched":
             out = subprocess.run([str(self.bin / "llama-batched-bench"), "-m", str(self.gguf), "-t", str(THREADS),
                                   "-c", str(self.batch * (self.prompt_tokens + self.new_tokens) + 64),
-                                  "-npp", str(self.prompt_tokens), "-ntg", str(self.new_tokens), "-npl", str(self.batch),
+                                  "-npp", str(self.prompt_tokens), "-ntg", str(self.new_tokens),
+                                  "-npl", str(self.batch),
                                   "--output-format", "jsonl"], capture_output=True, text=True, timeout=600, check=True)
             run = json.loads(out.stdout.strip().splitlines()[-1])
             return {"seconds": run["t"], "tokens": self.batch * self.new_tokens}

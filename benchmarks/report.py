@@ -377,7 +377,8 @@ def measure(reps, log, llama_dir=None):
         "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
         "machine": machine_info(),
         "workers": {w.contender: w.info for w in workers if not w.contender.startswith("llama.cpp")},
-        "settings": {"batch": 1, "batched": BATCH, "prompt_tokens": PROMPT_TOKENS, "new_tokens": NEW_TOKENS, "top_k": TOP_K,
+        "settings": {"batch": 1, "batched": BATCH, "prompt_tokens": PROMPT_TOKENS, "new_tokens": NEW_TOKENS,
+                     "top_k": TOP_K,
                      "temperature": TEMPERATURE, "prefill_tokens": PREFILL_TOKENS, "reps": reps,
                      "model": "GPT-2 124M shape (12 layers, 12 heads, 768 wide, vocabulary 50257), random weights",
                      "checkpoint": str(common.CHECKPOINT), "workers_without": list(common.OPENBLAS_PINS)},
@@ -460,9 +461,9 @@ def evaluate(results):
     derived["targets"] += [
         target(f"batch {BATCH} float32: numpy vs its own batch 1", b1["numpy-float32"], 5.0, "x"),
         target(f"batch {BATCH} float32: torch vs its own batch 1", b1["torch-float32"], 5.0, "x"),
-        target(f"batch {BATCH} float32: numpy vs transformers num_return_sequences={BATCH}", bv["numpy-float32"], 3.0, "x"),
-        target(f"batch {BATCH} float32: torch vs transformers num_return_sequences={BATCH}", bv["torch-float32"], 3.0, "x"),
-        target(f"batch {BATCH} bfloat16: torch vs transformers num_return_sequences={BATCH}", bv["torch-bfloat16"], 3.0, "x"),
+    ] + [
+        target(f"batch {BATCH} {c.split('-')[1]}: {c.split('-')[0]} vs transformers num_return_sequences={BATCH}",
+               bv[c], 3.0, "x") for c in ("numpy-float32", "torch-float32", "torch-bfloat16")
     ] + [target(f"peak RSS while sampling {BATCH} samples, {c}", rss8[c], rss8_limit[c], "MiB", at_most=True)
          for c in rss8]
     if "llama_cpp" in results:

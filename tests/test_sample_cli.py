@@ -131,6 +131,7 @@ def bad_inputs(small, bad) -> dict:
     ckpt = ["--init-from", small.path, "--max_new_tokens", 2]
     cases = {
         "negative num_samples": ([*ckpt, "--num_samples", -1], "--num_samples"),
+        "zero batch_size": ([*ckpt, "--batch_size", 0], "--batch_size"),
         "non-numeric max_new_tokens": ([*ckpt, "--max_new_tokens", "abc"], "'abc' is not an integer"),
         "negative temperature": ([*ckpt, "--temperature", -0.5], "--temperature"),
         "negative top_k": ([*ckpt, "--top_k", -1], "--top_k"),
