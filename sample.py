@@ -6,7 +6,7 @@
 nanoGPT's sample.py options and defaults, plus --init-from, --backend, --dtype, --compile, --top_p and
 --batch_size. The same --seed prints the same text from both backends: they share one sampling algorithm.
 The samples are drawn in batches; sample i draws from its own random stream, fixed by (seed, i), so its text
-does not depend on --num_samples or --batch_size.
+does not depend on --num_samples or --batch_size (in float32, up to rare near-ties: see the README).
 Exit status: 0 the samples were printed, 1 the run failed (NaN or infinite logits, an error of torch's),
 2 bad input (usage, a checkpoint or prompt file that cannot be read, standard output that cannot be written).
 """
@@ -38,7 +38,7 @@ def parse_args(argv=None):
                    help="samples to draw (default: 1)")
     p.add_argument("--batch_size", "--batch-size", type=cli.number(int, 1), default=None,
                    help="samples drawn together, in one batch (the prompt runs once per batch); sample i's text "
-                        "is the same whatever the batch size (default: all samples, but no more than keep the "
+                        "is the same whatever the batch size, but for rare float32 near-ties (default: all samples, but no more than keep the "
                         "batch's KV cache, counted in values, within half the model's number of weights: 26 for "
                         "GPT-2 124M with a 128-token cache, 3 with a 1024-token one)")
     p.add_argument("--max_new_tokens", "--max-new-tokens", type=cli.number(int, 0), default=100,

@@ -1,6 +1,6 @@
 """Measure the speed targets in one run and rewrite BENCHMARKS.md, benchmarks/results.json and results.png.
 
-    uv run python -m benchmarks.report                         # about 40 minutes on 2 cores
+    uv run python -m benchmarks.report                         # about an hour on 2 cores
     uv run python -m benchmarks.report --reps 3                # fewer repetitions, faster
     uv run python -m benchmarks.report --llama-cpp DIR         # llama.cpp too (benchmarks/llama_cpp.py)
 

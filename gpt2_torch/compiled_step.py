@@ -27,7 +27,10 @@ CPU_SETTINGS = {
 
 def compile_step(step, device: torch.device, **options):
     """step compiled with fullgraph=True (a graph break is an error, not a slow path) for device; options go
-    to torch.compile (a mode given there replaces the one chosen here)."""
+    to torch.compile (a mode given there replaces the one chosen here). dynamic=False: each KV cache shape
+    (length, batch size) gets a graph of its own, with static shapes, which Inductor's C++ GEMM templates and
+    CUDA graphs need; otherwise Dynamo would make the second shape it sees dynamic, and slower."""
+    options.setdefault("dynamic", False)
     if device.type == "cuda":
         options.setdefault("mode", "reduce-overhead")
     if device.type != "cpu":  # CUDA, and MPS with Inductor's defaults

@@ -78,7 +78,7 @@ def recorded_logits(model, monkeypatch, prompt, rngs, max_new_tokens):
 @pytest.mark.parametrize("backend", ["torch", "numpy"])
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 def test_batched_logits_are_each_rows_own(odd_checkpoint, backend, dtype, monkeypatch):
-    """On "odd" (block_size 48), 10 prompt tokens and 50 new ones (so the window slides for the last 12 steps),
+    """On "odd" (block_size 48), 10 prompt tokens and 50 new ones (so the window slides for the last 11 steps),
     3 samples: of one shared prompt row (it runs once, and the rows diverge from the first draw) and of 3
     different prompts. Each row's logits at every step are those of the row generated alone, within
     TOLERANCE[dtype], and so are its tokens."""

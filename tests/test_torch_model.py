@@ -229,14 +229,15 @@ def test_a_failing_half_precision_product_still_restores_onednn():
     assert not onednn_switch.locked()
 
 
-def test_decoding_on_two_threads_gives_the_traced_logits(small_checkpoint):
-    """Every step of a cached decode on 2 threads (FewRowLinear's row blocks) against the logits of one forward
-    pass over the whole sequence on 1 thread (the plain kernels), in float32: the same sums in other orders,
-    so TOLERANCE["float32"] of the module docstring."""
-    model, idx = load(small_checkpoint.path), random_ids(small_checkpoint, 1, 12, seed=5)
+@pytest.mark.parametrize("batch", [1, 4])
+def test_decoding_on_two_threads_gives_the_traced_logits(small_checkpoint, batch):
+    """Every step of a cached decode of 1 and of 4 sequences on 2 threads (FewRowLinear's row blocks, for one
+    row and for a few) against the logits of one forward pass over the whole sequences on 1 thread (the plain
+    kernels), in float32: the same sums in other orders, so TOLERANCE["float32"] of the module docstring."""
+    model, idx = load(small_checkpoint.path), random_ids(small_checkpoint, batch, 12, seed=5)
     with torch.no_grad():
-        expected = model.trace(idx)["logits"]  # (1, 12, V)
-        model.allocate_kv_cache(1)
+        expected = model.trace(idx)["logits"]  # (B, 12, V)
+        model.allocate_kv_cache(batch)
         try:
             with torch_threads(2):
                 steps = [model(torch.from_numpy(idx[:, t : t + 1]), start=t) for t in range(idx.shape[1])]
