@@ -29,8 +29,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from benchmarks.report import weight_bytes  # parameters, the tied lm_head once
 from gpt2_torch import GPT
+import weights
 from weights import GPTConfig
 
 SHAPES = {
@@ -144,7 +144,7 @@ def measure(shape, device, dtype, reps, log):
     T, prefill = prefill_seconds(config, device, dtype, reps)
     tps = {name: statistics.median(r) for name, r in runs.items()}
     bandwidth = copy_bandwidth(device)
-    roofline = bandwidth / (weight_bytes(config) * torch.finfo(dtype).bits // 8)
+    roofline = bandwidth / (weights.parameter_count(config) * torch.finfo(dtype).bits // 8)
     return {"tokens_per_s": tps, "tokens_per_s_runs": runs, "copy_bandwidth_GBps": bandwidth / 1e9,
             "roofline_tokens_per_s": roofline,
             "fraction_of_roofline": {name: t / roofline for name, t in tps.items()},

@@ -193,7 +193,7 @@ def peak_rss(contender, batch):
     model.allocate_kv_cache(batch, cache_length(PROMPT_TOKENS, NEW_TOKENS, model.config.block_size))  # generate's
     kv_cache_bytes = sum(layer.k.nbytes + layer.v.nbytes for layer in model.kv_cache)
     send({"baseline_kib": baseline, "loaded_kib": loaded, "peak_kib": after["VmHWM"], "ru_maxrss_kib": ru_maxrss,
-          "weight_bytes": weight_bytes(model.config) * {"float32": 4, "bfloat16": 2}[dtype],
+          "weight_bytes": weights.parameter_count(model.config) * {"float32": 4, "bfloat16": 2}[dtype],
           "kv_cache_bytes": kv_cache_bytes, "batch": batch})
 
 
@@ -234,11 +234,6 @@ def bandwidth_worker():
 
 
 # --- the parent: workers, alternation, results ------------------------------------------------------
-
-def weight_bytes(config):
-    """Parameters of GPT-2 (the tied lm_head counted once, as wte)."""
-    return sum(int(np.prod(shape)) for shape in weights.parameter_shapes(config).values())
-
 
 def bytes_per_token(config, itemsize):
     """Bytes of weights one decoding step reads: what the roofline divides the bandwidth by."""
@@ -362,11 +357,9 @@ def measure(reps, log, llama_dir=None):
     rss_batched = {c: run_once("--rss", c, "--rss-batch", BATCH) for c in backends}
     llama = {}
     if llama_dir:  # kept apart: the tables of ours compare with transformers, which has no float16 contender
-        runs = {"decode": decode_runs, "batched": batched_runs, "prefill": prefill_runs}
-        llama = {op: {c: r.pop(c) for c in list(r) if c.startswith("llama.cpp")} for op, r in runs.items()}
-        llama = {"decode": summarise(llama["decode"], lambda r: r["tokens"] / r["seconds"], "tokens_per_s"),
-                 "batched": summarise(llama["batched"], lambda r: r["tokens"] / r["seconds"], "tokens_per_s"),
-                 "prefill": summarise(llama["prefill"], lambda r: r["seconds"], "seconds"),
+        llama_runs = [{c: runs.pop(c) for c in list(runs) if c.startswith("llama.cpp")}
+                      for runs in (decode_runs, batched_runs, prefill_runs)]
+        llama = {**summarise_ops(*llama_runs),
                  "info": {w.contender: w.info for w in workers if w.contender.startswith("llama.cpp")}}
     wall = time.time() - started
     ours = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -390,9 +383,7 @@ def measure(reps, log, llama_dir=None):
         "decode_round_bandwidth_GBps": [max(run.values()) for run in bandwidths[1 : reps + 1]],
         "batched_round_bandwidth_GBps": [max(run.values()) for run in bandwidths[reps + 2 : 2 * reps + 2]],
         "bytes_per_token": {"float32": bytes_per_token(config, 4), "bfloat16": bytes_per_token(config, 2)},
-        "decode": summarise(decode_runs, lambda r: r["tokens"] / r["seconds"], "tokens_per_s"),
-        "batched": summarise(batched_runs, lambda r: r["tokens"] / r["seconds"], "tokens_per_s"),
-        "prefill": summarise(prefill_runs, lambda r: r["seconds"], "seconds"),
+        **summarise_ops(decode_runs, batched_runs, prefill_runs),
         "rss": rss,
         "rss_batched": rss_batched,
         **({"llama_cpp": llama} if llama else {}),
@@ -401,6 +392,14 @@ def measure(reps, log, llama_dir=None):
 
 def best_bandwidth(runs):
     return {kernel: max(run[kernel] for run in runs) for kernel in runs[0]}
+
+
+def summarise_ops(decode_runs, batched_runs, prefill_runs):
+    """Each contender's medians and runs: decoding in tokens/s, prefill in seconds."""
+    per_second = lambda r: r["tokens"] / r["seconds"]  # noqa: E731
+    return {"decode": summarise(decode_runs, per_second, "tokens_per_s"),
+            "batched": summarise(batched_runs, per_second, "tokens_per_s"),
+            "prefill": summarise(prefill_runs, lambda r: r["seconds"], "seconds")}
 
 
 def summarise(runs, value, unit):

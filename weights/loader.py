@@ -83,6 +83,11 @@ def parameter_shapes(config: GPTConfig) -> dict[str, tuple[int, ...]]:
     return shapes
 
 
+def parameter_count(config: GPTConfig) -> int:
+    """How many weights a GPT-2 of config has (the tied lm_head counted once, as wte)."""
+    return sum(math.prod(shape) for shape in parameter_shapes(config).values())
+
+
 def load(source: str | os.PathLike) -> tuple[GPTConfig, dict[str, np.ndarray]]:
     """Load a GPT-2 checkpoint from any supported source.
 

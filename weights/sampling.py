@@ -8,14 +8,13 @@ differ where the two backends' float32 logits (which agree to about 1e-6) fall o
 decision — see "Backend-identical sampling" in the README for how rare that is.
 """
 
-import math
 from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
 
 from .config import GPTConfig
 from .errors import NonFiniteLogitsError
-from .loader import parameter_shapes
+from .loader import parameter_count
 
 NON_FINITE = (
     "the model's logits are NaN or infinite, so no token can be drawn: the checkpoint holds NaN or infinite "
@@ -126,10 +125,10 @@ def default_batch_size(num_samples: int, config: GPTConfig, cache_positions: int
     batch's KV cache (2 x n_layer x n_embd values per position per sample, cache_positions positions, see
     cache_length) within half as many values as the model has weights. Decoding reads every weight once per
     step however many samples share the step, so a batch costs much less than its samples one by one (2.5-3x
-    less for 8, measured), until its cache (read every step too) rivals the weights. GPT-2 124M: 26 samples of a 128-position cache, 3 of 1024."""
-    n_weights = sum(math.prod(shape) for shape in parameter_shapes(config).values())
+    less for 8, measured), until its cache (read every step too) rivals the weights. GPT-2 124M: 26 samples of
+    a 128-position cache, 3 of 1024."""
     per_sample = 2 * config.n_layer * config.n_embd * cache_positions
-    return max(1, min(num_samples, n_weights // 2 // per_sample))
+    return max(1, min(num_samples, parameter_count(config) // 2 // per_sample))
 
 
 def batch_rows(idx: np.ndarray, rng) -> int:
