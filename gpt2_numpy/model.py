@@ -15,6 +15,7 @@ from weights import GPTConfig
 from weights.sampling import batch_rows, cache_length, generate_tokens
 
 DTYPES = {"float32": np.float32, "float64": np.float64}
+COPY_SLICE_BYTES = 4 * 2**20  # product_layout copies a weight this much at a time
 
 
 # --- the math -------------------------------------------------------------------------------------
@@ -265,9 +266,36 @@ class GPT:
     def from_pretrained(cls, source, dtype="float32"):
         """A GPT with the weights of source (a model name, or a path: see weights.load), in float32 or float64.
 
-        Arrays already in dtype are used as the loader returns them (memory-mapped safetensors: no copy)."""
+        Arrays already in dtype and in the layout their product reads fastest (product_layout) are used as
+        the loader returns them: memory-mapped safetensors, no copy. Others are copied once."""
         if dtype not in DTYPES:
             raise ValueError(f"the NumPy backend computes in {' or '.join(DTYPES)}, not '{dtype}'")
         config, params = weights.load(source)
-        params = {name: array.astype(DTYPES[dtype], copy=False) for name, array in params.items()}
+        params = {name: product_layout(name, array, DTYPES[dtype]) for name, array in params.items()}
         return cls(config, params)
+
+
+def product_layout(name, array, dtype):
+    """array in dtype, in its canonical shape, its memory laid out as its matrix product reads it fastest.
+
+    Decoding multiplies each weight by one row (a few, for a batch), and OpenBLAS reads a weight fastest with
+    its longer side contiguous, a square one stored (out, in) (measured on GPT-2 124M's matrices,
+    BENCHMARKS.md): c_attn and c_fc stay (in, out) as on disk, attn.c_proj and mlp.c_proj are stored
+    (out, in), and wte, which the lm_head multiplies as wte.T, is stored with vocab_size contiguous (the
+    embedding then gathers one strided column per token). A copy is made a few MiB at a time, releasing the
+    file's pages each slice was read from (weights.release_pages), so that no weight is resident twice, not
+    even while loading."""
+    if array.ndim != 2 or not (name == "wte.weight" or name.endswith(weights.loader.MATRICES)):
+        return array.astype(dtype, copy=False)  # biases, LayerNorm parameters, wpe (rows gathered, no product)
+    out_axis = 0 if name == "wte.weight" else 1  # matrices are (in, out); the lm_head multiplies by wte.T
+    n_out, n_in = array.shape[out_axis], array.shape[1 - out_axis]
+    contiguous_axis = out_axis if n_out > n_in else 1 - out_axis  # the longer side; (out, in) when square
+    order = "C" if contiguous_axis == 1 else "F"
+    if array.dtype == dtype and array.flags[f"{order}_CONTIGUOUS"]:
+        return array  # as it lies in the file: no copy
+    stored = np.empty(array.shape, dtype, order=order)
+    rows = max(1, COPY_SLICE_BYTES // (array.shape[1] * array.itemsize))
+    for r in range(0, array.shape[0], rows):
+        stored[r:r + rows] = array[r:r + rows]
+        weights.release_pages(array[r:r + rows])
+    return stored

@@ -198,17 +198,26 @@ def file_mapping(array: np.ndarray) -> np.memmap | None:
     return None
 
 
-def test_float32_weights_are_memory_mapped_not_copied(small_checkpoint):
-    """transformers writes float32 in GPT-2's (in, out) layout, so from_pretrained(float32) needs no copy."""
+def test_float32_weights_are_memory_mapped_or_laid_out_for_their_product(small_checkpoint):
+    """transformers writes float32 in GPT-2's (in, out) layout: c_attn and c_fc (out the longer side) and wpe
+    are used as they lie in the file, views of it, no copy. attn.c_proj and mlp.c_proj are copied to
+    (out, in) memory, wte to (n_embd, vocab_size), the lm_head's (in, out) (product_layout): each in its
+    canonical shape and with the file's values."""
     model = gpt2_numpy.GPT.from_pretrained(small_checkpoint.path)
+    _, params = weights.load(small_checkpoint.path)
     block = model.h[0]
-    matrices = [model.wte, model.wpe, block.attn.c_attn.weight, block.attn.c_proj.weight,
-                block.mlp.c_fc.weight, block.mlp.c_proj.weight]
-    mapping = file_mapping(model.wte)
+    mapping = file_mapping(block.attn.c_attn.weight)
     assert mapping is not None and Path(mapping.filename).name == "model.safetensors"
-    for matrix in matrices:
-        assert file_mapping(matrix) is mapping and np.shares_memory(matrix, mapping)  # a view into the one file
-        assert not matrix.flags.writeable  # mapped read-only: a copy would be writeable
+    for view in [model.wpe, block.attn.c_attn.weight, block.mlp.c_fc.weight]:
+        assert file_mapping(view) is mapping and np.shares_memory(view, mapping)  # a view into the one file
+        assert not view.flags.writeable  # mapped read-only: a copy would be writeable
+        assert view.flags.c_contiguous
+    copies = {"wte.weight": model.wte, "h.0.attn.c_proj.weight": block.attn.c_proj.weight,
+              "h.0.mlp.c_proj.weight": block.mlp.c_proj.weight}
+    for name, copy in copies.items():
+        assert file_mapping(copy) is None, name
+        assert copy.T.flags.c_contiguous and not copy.flags.c_contiguous, name  # stored the other way round
+        assert copy.shape == params[name].shape and np.array_equal(copy, params[name]), name
 
 
 PEAK_RSS = """

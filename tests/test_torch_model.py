@@ -143,6 +143,24 @@ def random_linear(n_in, n_out, bias, dtype, stored_in_out=False, seed=0, rows=1)
     return linear.to(dtype), torch.randn(rows, 1, n_in, generator=generator).to(dtype)
 
 
+@pytest.mark.parametrize("dtype", ["float32", "float64", "bfloat16"])
+def test_product_weights_are_stored_as_their_kernels_read_them_fastest(small_checkpoint, dtype):
+    """float32 and float64 on the CPU: each product's weight with its longer side contiguous, a square one
+    (out, in) (from_pretrained; measured in BENCHMARKS.md): c_attn, c_fc and wte (the lm_head's out is
+    vocab_size) stored (in, out), attn.c_proj and mlp.c_proj (out, in). Half precision: (out, in) for all.
+    nn.Linear sees (out, in) whatever the storage (the logits tests check the values)."""
+    model = load(small_checkpoint.path, dtype)
+    block = model.h[0]
+    in_out = dtype != "bfloat16"
+    stored_in_out = {block.attn.c_attn: in_out, block.mlp.c_fc: in_out, model.lm_head: in_out,
+                     block.attn.c_proj: False, block.mlp.c_proj: False}
+    for linear, transposed in stored_in_out.items():
+        w = linear.weight
+        assert w.shape == (linear.out_features, linear.in_features)
+        assert (w.t() if transposed else w).is_contiguous(), (linear, dtype)
+    assert model.lm_head.weight is model.wte.weight  # tied, one copy
+
+
 @pytest.mark.parametrize("blocks", [1, 2, 3])
 @pytest.mark.parametrize("n_out", [3, 96, 97])  # divisible by 3 only, by 2 and 3, by neither
 @pytest.mark.parametrize("bias", [True, False])

@@ -14,7 +14,7 @@
 from .config import PRESETS, GPTConfig, preset
 from .errors import NonFiniteLogitsError, WeightsError
 from .hub import HUB_REPOS
-from .loader import load, parameter_count, parameter_shapes, save
+from .loader import load, parameter_count, parameter_shapes, release_pages, save
 
 __all__ = ["GPTConfig", "PRESETS", "preset", "WeightsError", "NonFiniteLogitsError", "HUB_REPOS", "load",
-           "parameter_count", "parameter_shapes", "save"]
+           "parameter_count", "parameter_shapes", "release_pages", "save"]

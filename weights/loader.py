@@ -40,6 +40,7 @@ about 12 us a step), which catches both, and compare.py names the first activati
 
 import json
 import math
+import mmap
 import os
 import re
 import stat
@@ -221,6 +222,26 @@ def read_safetensors(path: Path) -> tuple[dict[str, str], dict[str, np.ndarray]]
     metadata = header.pop("__metadata__", None) or {}
     data = np.memmap(path, dtype=np.uint8, mode="r")  # the whole file; the tensors are views into it
     return metadata, {name: _tensor_view(data, name, info, 8 + n, path) for name, info in header.items()}
+
+
+def release_pages(array: np.ndarray) -> None:
+    """Drop the pages of a memory-mapped array from this process's resident set, once a backend holds a copy
+    of it (in another layout or dtype) and will not read it again. The pages stay in the operating system's
+    file cache, so reading the array later costs a page fault, not a disk read; without this, a copied array
+    would count twice in the process's memory for as long as the file stays mapped for the other arrays.
+    An array that is no view of a memory-mapped file (a bfloat16 tensor converted at load, a torch pickle's),
+    or a platform without madvise, is left as it is."""
+    mapping = array
+    while isinstance(mapping, np.ndarray) and not isinstance(mapping, np.memmap):
+        mapping = mapping.base
+    mm = getattr(mapping, "_mmap", None)  # np.memmap's own mmap.mmap, when it maps the file from byte 0
+    if mm is None or not hasattr(mm, "madvise") or mapping.offset != 0:
+        return
+    page = mmap.PAGESIZE
+    begin = array.__array_interface__["data"][0] - mapping.__array_interface__["data"][0]  # bytes into the file
+    first, last = -(-begin // page) * page, (begin + array.nbytes) // page * page  # whole pages inside the array
+    if last > first:
+        mm.madvise(mmap.MADV_DONTNEED, first, last - first)
 
 
 def _tensor_view(data: np.memmap, name: str, info, data_start: int, path: Path) -> np.ndarray:
