@@ -78,7 +78,7 @@ def rows(x):
 # --- the modules, named as in gpt2_torch ------------------------------------------------------------
 
 class Linear:
-    """y = x @ weight + bias, weight in the canonical (in, out) layout."""
+    """y = x @ weight + bias, weight of the canonical shape (in, out), its memory in either order (product_layout)."""
 
     def __init__(self, weight, bias):
         self.weight, self.bias = weight, bias
@@ -170,7 +170,7 @@ class GPT:
         """params: canonical name -> array (weights.load), already in the model's dtype."""
         self.config = config
         self.dtype = params["wte.weight"].dtype
-        self.wte = params["wte.weight"]  # (vocab_size, C), also the lm_head
+        self.wte = params["wte.weight"]  # (vocab_size, C), stored (C, vocab_size) for the lm_head it also is
         self.wpe = params["wpe.weight"]  # (block_size, C)
         self.h = [Block(config, params, f"h.{i}") for i in range(config.n_layer)]
         self.ln_f = LayerNorm(params["ln_f.weight"], params.get("ln_f.bias"))
@@ -271,9 +271,12 @@ class GPT:
         if dtype not in DTYPES:
             raise ValueError(f"the NumPy backend computes in {' or '.join(DTYPES)}, not '{dtype}'")
         config, params = weights.load(source)
-        params = {name: product_layout(name, array, DTYPES[dtype]) for name, array in params.items()}
+        for name in list(params):  # in place: an array the loader made (a torch pickle's) is freed once copied
+            params[name] = product_layout(name, params[name], DTYPES[dtype])
         return cls(config, params)
 
+
+# --- loading ----------------------------------------------------------------------------------------
 
 def product_layout(name, array, dtype):
     """array in dtype, in its canonical shape, its memory laid out as its matrix product reads it fastest.
@@ -281,11 +284,11 @@ def product_layout(name, array, dtype):
     Decoding multiplies each weight by one row (a few, for a batch), and OpenBLAS reads a weight fastest with
     its longer side contiguous, a square one stored (out, in) (measured on GPT-2 124M's matrices,
     BENCHMARKS.md): c_attn and c_fc stay (in, out) as on disk, attn.c_proj and mlp.c_proj are stored
-    (out, in), and wte, which the lm_head multiplies as wte.T, is stored with vocab_size contiguous (the
-    embedding then gathers one strided column per token). A copy is made a few MiB at a time, releasing the
-    file's pages each slice was read from (weights.release_pages), so that no weight is resident twice, not
-    even while loading."""
-    if array.ndim != 2 or not (name == "wte.weight" or name.endswith(weights.loader.MATRICES)):
+    (out, in), and wte, which the lm_head multiplies as wte.T, is stored (C, vocab_size) (the embedding then
+    gathers one strided column per token). A copy is made a few MiB at a time; when the array is a view of
+    a memory-mapped file, the file's pages read so far are released after each slice
+    (weights.release_pages), so that no weight is resident twice, not even while loading."""
+    if not (name == "wte.weight" or name.endswith(weights.loader.MATRICES)):
         return array.astype(dtype, copy=False)  # biases, LayerNorm parameters, wpe (rows gathered, no product)
     out_axis = 0 if name == "wte.weight" else 1  # matrices are (in, out); the lm_head multiplies by wte.T
     n_out, n_in = array.shape[out_axis], array.shape[1 - out_axis]
@@ -294,8 +297,8 @@ def product_layout(name, array, dtype):
     if array.dtype == dtype and array.flags[f"{order}_CONTIGUOUS"]:
         return array  # as it lies in the file: no copy
     stored = np.empty(array.shape, dtype, order=order)
-    rows = max(1, COPY_SLICE_BYTES // (array.shape[1] * array.itemsize))
-    for r in range(0, array.shape[0], rows):
-        stored[r:r + rows] = array[r:r + rows]
-        weights.release_pages(array[r:r + rows])
+    rows_per_slice = max(1, COPY_SLICE_BYTES // (array.shape[1] * array.itemsize))
+    for r in range(0, array.shape[0], rows_per_slice):
+        stored[r:r + rows_per_slice] = array[r:r + rows_per_slice]
+        weights.release_pages(array[:r + rows_per_slice])  # all read so far: a page two slices share goes too
     return stored

@@ -9,6 +9,7 @@ arithmetic touches a value, so any difference at all is a bug.
 
 import copy
 import json
+import mmap
 import pickle
 import shutil
 import subprocess
@@ -248,29 +249,52 @@ def test_safetensors_are_memory_mapped_not_copied(single_file, hf_dir):
         assert np.shares_memory(array, mapped) and not array.flags.owndata and not array.flags.writeable, name
 
 
-def _resident_file_kib():
-    with open("/proc/self/status") as f:  # pages of mapped files in this process's resident set
-        return next(int(line.split()[1]) for line in f if line.startswith("RssFile:"))
+def _resident_mapped_kib():
+    with open("/proc/self/status") as f:  # pages of mapped files in this process's resident set (tmpfs: Shmem)
+        fields = {line.split(":")[0]: int(line.split()[1]) for line in f if line.startswith(("RssFile:", "RssShmem:"))}
+    return fields["RssFile"] + fields["RssShmem"]
+
+
+def _present_pages(address: int, n: int) -> list[bool]:
+    """Whether each of the n pages from address is in this process's resident set (bit 63 of its entry in
+    /proc/self/pagemap, which a process may read for itself)."""
+    page = mmap.PAGESIZE
+    with open("/proc/self/pagemap", "rb") as f:
+        f.seek(address // page * 8)
+        entries = f.read(8 * n)
+    return [bool(int.from_bytes(entries[i:i + 8], "little") >> 63) for i in range(0, 8 * n, 8)]
 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="reads the resident set from Linux's /proc")
-def test_release_pages_drops_a_mapped_array_from_the_resident_set_and_keeps_its_values(tmp_path):
-    """A backend that copies a weight into another layout releases the file's pages of it: they leave the
-    process's resident set (64 MiB here, far above the noise of other mappings: at least 90% of it must go),
-    the neighbouring tensor's do not, and reading the array again faults its pages back with the same values."""
+def test_release_pages_drops_exactly_a_mapped_arrays_pages_and_keeps_its_values(tmp_path):
+    """A backend that copies a weight into another layout releases the file's pages of it. Released: every
+    whole page inside the array (a middle slice of a 64 MiB tensor here) and no other: the pages around
+    it stay resident; the process's mapped resident set shrinks by at least 90% of the slice (far above the
+    noise of other mappings); reading the array again faults its pages back with the same values. A
+    strided view, or an array with no memory map behind it, is left alone."""
     rng = np.random.default_rng(0)
-    big = rng.standard_normal((4096, 4096), dtype=np.float32)  # 64 MiB
+    big = rng.standard_normal((4096, 4096), dtype=np.float32)  # 64 MiB, 16 KiB a row
     small = rng.standard_normal((1000,), dtype=np.float32)
     save_file({"big": big, "small": small}, str(tmp_path / "t.safetensors"))
     _, arrays = weights.loader.read_safetensors(tmp_path / "t.safetensors")
     assert float(arrays["big"].sum(dtype=np.float64)) == float(big.sum(dtype=np.float64))  # every page touched
-    before = _resident_file_kib()
-    weights.release_pages(arrays["big"])
-    after = _resident_file_kib()
-    assert before - after >= 0.9 * big.nbytes / 1024, (before, after)
-    assert np.array_equal(arrays["small"], small) and np.array_equal(arrays["big"], big)
-    weights.release_pages(big)  # no mapped file behind it: left as it is
-    assert np.array_equal(big, arrays["big"])
+    assert float(arrays["small"].sum(dtype=np.float64)) == float(small.sum(dtype=np.float64))
+    page = mmap.PAGESIZE
+    middle = arrays["big"][1000:3000]  # 31.25 MiB, not page-aligned in the file (the header comes first)
+    start = middle.__array_interface__["data"][0]
+    first = -(-start // page) * page  # the first page wholly inside the slice
+    n_inside = (start + middle.nbytes) // page - first // page
+    before = _resident_mapped_kib()
+    weights.release_pages(arrays["big"][::2])  # strided: left alone
+    weights.release_pages(big)  # no file behind it: left alone
+    assert all(_present_pages(first, n_inside))
+    weights.release_pages(middle)
+    after = _resident_mapped_kib()
+    assert before - after >= 0.9 * middle.nbytes / 1024, (before, after)
+    assert not any(_present_pages(first, n_inside))
+    assert _present_pages(first - page, 1) == [True] and _present_pages(first + n_inside * page, 1) == [True]
+    assert _present_pages(arrays["small"].__array_interface__["data"][0], 1) == [True]
+    assert np.array_equal(arrays["big"], big) and np.array_equal(arrays["small"], small)
 
 
 def test_loading_safetensors_does_not_import_torch(hf_dir):

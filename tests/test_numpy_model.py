@@ -156,7 +156,7 @@ def test_unsupported_dtype_is_a_clear_error(small_checkpoint):
         gpt2_numpy.GPT.from_pretrained(small_checkpoint.path, dtype="bfloat16")
 
 
-# --- no framework, no copies, bounded memory ---------------------------------------------------------
+# --- no framework, the weights' layouts, bounded memory ---------------------------------------------------------
 
 def run_python(code: str, *args) -> str:
     """Run code in a fresh interpreter at the repository root (one BLAS thread, see one_thread); its stdout."""
@@ -218,6 +218,33 @@ def test_float32_weights_are_memory_mapped_or_laid_out_for_their_product(small_c
         assert file_mapping(copy) is None, name
         assert copy.T.flags.c_contiguous and not copy.flags.c_contiguous, name  # stored the other way round
         assert copy.shape == params[name].shape and np.array_equal(copy, params[name]), name
+        assert copy.dtype == np.float32, name
+
+
+@pytest.mark.parametrize("source_dtype", [np.float16, np.float32, np.float64])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("source_order", ["C", "F", "strided"])
+@pytest.mark.parametrize("name, shape, order", [
+    ("wte.weight", (50, 8), "F"),  # vocab_size > n_embd: stored (n_embd, vocab_size) for the lm_head
+    ("wte.weight", (8, 8), "C"),  # square (out, in): the lm_head's out is vocab_size, wte's first axis
+    ("h.0.attn.c_attn.weight", (8, 24), "C"),  # (in, out), out the longer side
+    ("h.0.attn.c_proj.weight", (8, 8), "F"),  # square: (out, in)
+    ("h.0.mlp.c_proj.weight", (32, 8), "F"),  # in the longer side: (out, in)
+])
+def test_product_layout_keeps_shape_and_values_in_the_chosen_order(name, shape, order, source_order, source_dtype,
+                                                                   dtype, monkeypatch):
+    """Whatever the source's order (C, F, a strided view) and dtype: the canonical shape, the checkpoint's
+    values, the model's dtype, and the memory order of the rule, copied in slices of a few rows (the slice
+    size made tiny, so that the slices and the last, shorter one are exercised)."""
+    monkeypatch.setattr(gpt2_numpy.model, "COPY_SLICE_BYTES", 3 * shape[1] * np.dtype(source_dtype).itemsize)
+    values = np.random.default_rng(0).standard_normal((shape[0], 2 * shape[1])).astype(source_dtype)[:, ::2]
+    source = {"C": np.ascontiguousarray(values), "F": np.asfortranarray(values), "strided": values}[source_order]
+    stored = gpt2_numpy.model.product_layout(name, source, dtype)
+    assert stored.shape == shape and stored.dtype == dtype
+    assert stored.flags[f"{order}_CONTIGUOUS"]
+    assert np.array_equal(stored, values.astype(dtype))
+    if source_order == order and source_dtype == dtype:
+        assert stored is source  # already as the product reads it: no copy
 
 
 PEAK_RSS = """

@@ -20,8 +20,10 @@ Canonical parameter names and orientation, defined here and nowhere else:
 
 Matrices are (in, out), so that a layer is `x @ W + b`. That is GPT-2's own layout (OpenAI's
 TensorFlow code, and Hugging Face's Conv1D after it), so the hub's safetensors are used as they lie
-on disk: memory-mapped, never copied. torch.nn.Linear stores (out, in): nanoGPT checkpoints are
-transposed here, and the torch backend transposes when it builds its Linear layers.
+on disk: memory-mapped, never copied by the loader (each backend then copies what its products read
+faster in another layout: see gpt2_numpy.product_layout and gpt2_torch's from_pretrained).
+torch.nn.Linear stores (out, in): nanoGPT checkpoints are transposed here, and the torch backend
+transposes when it builds its Linear layers.
 A model with bias=False has no `.bias` entries. The lm_head is tied to wte and has no entry.
 
 Every failure is a WeightsError with a one-line message, OSErrors included (permission denied, a symlink
@@ -231,12 +233,14 @@ def release_pages(array: np.ndarray) -> None:
     would count twice in the process's memory for as long as the file stays mapped for the other arrays.
     An array that is no view of a memory-mapped file (a bfloat16 tensor converted at load, a torch pickle's),
     or a platform without madvise, is left as it is."""
-    mapping = array
-    while isinstance(mapping, np.ndarray) and not isinstance(mapping, np.memmap):
+    if not (array.flags.c_contiguous or array.flags.f_contiguous):
+        return  # a strided view: its bytes are not one range of the file
+    mapping = array  # up to the array made on the mmap.mmap itself (a slice of an np.memmap is one too)
+    while isinstance(mapping, np.ndarray) and not isinstance(mapping.base, mmap.mmap):
         mapping = mapping.base
-    mm = getattr(mapping, "_mmap", None)  # np.memmap's own mmap.mmap, when it maps the file from byte 0
-    if mm is None or not hasattr(mm, "madvise") or mapping.offset != 0:
-        return
+    if not isinstance(mapping, np.memmap) or mapping.offset != 0 or not hasattr(mmap, "MADV_DONTNEED"):
+        return  # not a view of a file mapped from its first byte, or no madvise on this platform
+    mm = mapping.base
     page = mmap.PAGESIZE
     begin = array.__array_interface__["data"][0] - mapping.__array_interface__["data"][0]  # bytes into the file
     first, last = -(-begin // page) * page, (begin + array.nbytes) // page * page  # whole pages inside the array
