@@ -38,9 +38,10 @@ def parse_args(argv=None):
                    help="samples to draw (default: 1)")
     p.add_argument("--batch_size", "--batch-size", type=cli.number(int, 1), default=None,
                    help="samples drawn together, in one batch (the prompt runs once per batch); sample i's text "
-                        "is the same whatever the batch size, but for rare float32 near-ties (default: all samples, but no more than keep the "
-                        "batch's KV cache, counted in values, within half the model's number of weights: 26 for "
-                        "GPT-2 124M with a 128-token cache, 3 with a 1024-token one)")
+                        "is the same whatever the batch size, but for rare float32 near-ties (default: all "
+                        "samples, but no more than keep the batch's KV cache, counted in values, within half the "
+                        "model's number of weights: 26 for GPT-2 124M with a 128-token cache, 3 with a 1024-token "
+                        "one)")
     p.add_argument("--max_new_tokens", "--max-new-tokens", type=cli.number(int, 0), default=100,
                    help="tokens generated per sample (default: 100)")
     p.add_argument("--temperature", type=cli.number(float, 0.0), default=0.8,

@@ -279,21 +279,17 @@ class GPT:
 # --- loading ----------------------------------------------------------------------------------------
 
 def product_layout(name, array, dtype):
-    """array in dtype, in its canonical shape, its memory laid out as its matrix product reads it fastest.
-
-    Decoding multiplies each weight by one row (a few, for a batch), and OpenBLAS reads a weight fastest with
-    its longer side contiguous, a square one stored (out, in) (measured on GPT-2 124M's matrices,
-    BENCHMARKS.md): c_attn and c_fc stay (in, out) as on disk, attn.c_proj and mlp.c_proj are stored
+    """array in dtype, in its canonical shape, its memory laid out as its product reads it fastest
+    (weights.stored_out_in): c_attn and c_fc stay (in, out) as on disk, attn.c_proj and mlp.c_proj are stored
     (out, in), and wte, which the lm_head multiplies as wte.T, is stored (C, vocab_size) (the embedding then
     gathers one strided column per token). A copy is made a few MiB at a time; when the array is a view of
     a memory-mapped file, the file's pages read so far are released after each slice
     (weights.release_pages), so that no weight is resident twice, not even while loading."""
-    if not (name == "wte.weight" or name.endswith(weights.loader.MATRICES)):
+    out_in = weights.stored_out_in(name, array.shape)
+    if out_in is None:
         return array.astype(dtype, copy=False)  # biases, LayerNorm parameters, wpe (rows gathered, no product)
-    out_axis = 0 if name == "wte.weight" else 1  # matrices are (in, out); the lm_head multiplies by wte.T
-    n_out, n_in = array.shape[out_axis], array.shape[1 - out_axis]
-    contiguous_axis = out_axis if n_out > n_in else 1 - out_axis  # the longer side; (out, in) when square
-    order = "C" if contiguous_axis == 1 else "F"
+    # C order stores the canonical shape as it reads: (out, in) for wte, (in, out) for the matrices.
+    order = "C" if out_in == (name == "wte.weight") else "F"
     if array.dtype == dtype and array.flags[f"{order}_CONTIGUOUS"]:
         return array  # as it lies in the file: no copy
     stored = np.empty(array.shape, dtype, order=order)

@@ -321,11 +321,10 @@ class GPT(nn.Module):
         with torch.device("meta"):  # no random initialisation: every parameter is assigned below
             model = cls(config)
         # Decoding multiplies each matrix by one row, as fast as the matrix's memory layout lets the kernel read
-        # it (measured in float32 on 2 threads, BENCHMARKS.md; float64 follows the same rule). MKL's products
-        # read fastest with the longer side contiguous, a square matrix (out, in), as NumPy's OpenBLAS does
-        # (gpt2_numpy.product_layout): c_attn, c_fc and wte (as the lm_head, out = vocab_size) are stored
-        # (in, out), attn.c_proj and mlp.c_proj (out, in); nn.Linear sees (out, in) whatever the strides.
-        # ATen's half-precision kernel needs each output's weights contiguous: (out, in) for all.
+        # it. MKL's float32 and float64 products follow weights.stored_out_in (measured in float32 on 2 threads,
+        # BENCHMARKS.md): c_attn, c_fc and wte (as the lm_head, out = vocab_size) are stored (in, out),
+        # attn.c_proj and mlp.c_proj (out, in); nn.Linear sees (out, in) whatever the strides. ATen's
+        # half-precision kernel needs each output's weights contiguous: (out, in) for all.
         longer_side_contiguous = device.type == "cpu" and torch_dtype in (torch.float32, torch.float64)
         state = {}
         with warnings.catch_warnings():  # from_numpy warns that the memory-mapped arrays are read-only: only read here
@@ -334,8 +333,7 @@ class GPT(nn.Module):
                 tensor = torch.from_numpy(array)  # a view of the loader's array, no copy
                 if name.endswith(weights.loader.MATRICES):
                     tensor = tensor.t()  # canonical (in, out) -> nn.Linear's (out, in)
-                product_weight = name.endswith(weights.loader.MATRICES) or name == "wte.weight"
-                transposed = longer_side_contiguous and product_weight and tensor.shape[0] > tensor.shape[1]
+                transposed = longer_side_contiguous and weights.stored_out_in(name, array.shape) is False
                 # transposed: seen as (out, in), stored (in, out)
                 state[name] = own_copy(tensor, device, torch_dtype, transposed)
         state["lm_head.weight"] = state["wte.weight"]

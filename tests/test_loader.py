@@ -251,7 +251,8 @@ def test_safetensors_are_memory_mapped_not_copied(single_file, hf_dir):
 
 def _resident_mapped_kib():
     with open("/proc/self/status") as f:  # pages of mapped files in this process's resident set (tmpfs: Shmem)
-        fields = {line.split(":")[0]: int(line.split()[1]) for line in f if line.startswith(("RssFile:", "RssShmem:"))}
+        fields = {line.split(":")[0]: int(line.split()[1])
+                  for line in f if line.startswith(("RssFile:", "RssShmem:"))}
     return fields["RssFile"] + fields["RssShmem"]
 
 
@@ -295,7 +296,8 @@ def test_release_pages_drops_exactly_a_mapped_arrays_pages_and_keeps_its_values(
     # The file's pages may be mapped as 2 MiB huge pages, which the kernel unmaps whole when a release ends
     # inside one: its neighbours beyond that stay resident.
     margin = 4 * 2**20
-    assert _present_pages(first - margin, 1) == [True] and _present_pages(first + n_inside * page + margin, 1) == [True]
+    assert _present_pages(first - margin, 1) == [True]
+    assert _present_pages(first + n_inside * page + margin, 1) == [True]
     assert _present_pages(arrays["small"].__array_interface__["data"][0], 1) == [True]
     assert np.array_equal(arrays["big"], big) and np.array_equal(arrays["small"], small)
 

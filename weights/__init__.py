@@ -14,7 +14,8 @@
 from .config import PRESETS, GPTConfig, preset
 from .errors import NonFiniteLogitsError, WeightsError
 from .hub import HUB_REPOS
-from .loader import load, parameter_count, parameter_shapes, release_pages, save
+from .loader import load, parameter_count, parameter_shapes, release_pages, save, stored_out_in
 
 __all__ = ["GPTConfig", "PRESETS", "preset", "WeightsError", "NonFiniteLogitsError", "HUB_REPOS", "load",
-           "parameter_count", "parameter_shapes", "release_pages", "save"]
+           "parameter_count", "parameter_shapes", "release_pages", "save",
+           "stored_out_in"]

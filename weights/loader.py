@@ -91,6 +91,21 @@ def parameter_count(config: GPTConfig) -> int:
     return sum(math.prod(shape) for shape in parameter_shapes(config).values())
 
 
+def stored_out_in(name: str, shape: tuple[int, ...]) -> bool | None:
+    """Whether a product reads the weight name, of canonical shape, fastest stored (out, in) in memory rather
+    than (in, out); None for a parameter no product multiplies. Decoding multiplies each weight by a row or a
+    few, and both MKL and OpenBLAS read a weight fastest with its longer side contiguous, a square one
+    (out, in) (measured on GPT-2's matrices, BENCHMARKS.md). The matrices are (in, out); wte is (out, in) as
+    the tied lm_head multiplies it (out = vocab_size)."""
+    if name == "wte.weight":
+        n_out, n_in = shape
+    elif name.endswith(MATRICES):
+        n_in, n_out = shape
+    else:
+        return None
+    return n_out <= n_in
+
+
 def load(source: str | os.PathLike) -> tuple[GPTConfig, dict[str, np.ndarray]]:
     """Load a GPT-2 checkpoint from any supported source.
 
