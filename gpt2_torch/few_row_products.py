@@ -26,9 +26,36 @@ onednn_switch = threading.Lock()
 FEW_ROWS = 16  # up to this many rows, the row blocks beat MKL's own float32 product (equal at 16, BENCHMARKS.md)
 
 
+class RowBlocks:
+    """A weight (out, in) and its bias as blocks of rows, one block per thread: the views a row-block product
+    multiplies. Made once per weight, not at every call: making them cost a sixth of what a one-row decoding step
+    spends besides reading the weights (BENCHMARKS.md). The views share the weight's memory; `fits` tells whether they
+    are still views of the module's current weight and bias, for the same number of blocks."""
+
+    def __init__(self, weight, bias, blocks):
+        out, n_in = weight.shape
+        size = out // blocks  # weight rows per block; the out % blocks rows left over are multiplied on their own
+        self.split = blocks * size
+        self.weight, self.bias, self.blocks = weight, bias, blocks
+        self.pointers = pointers(weight, bias)
+        self.w = weight[:self.split].view(blocks, size, n_in).transpose(1, 2)  # (blocks, in, size)
+        self.b = None if bias is None else bias[:self.split].view(blocks, 1, size)  # (blocks, 1, size)
+        self.rest = (weight[self.split:], None if bias is None else bias[self.split:]) if self.split < out else None
+
+    def fits(self, weight, bias, blocks):
+        # the same parameters with the same memory: model.to() and `param.data = ...` keep a parameter, not its memory
+        return weight is self.weight and bias is self.bias and blocks == self.blocks and pointers(weight, bias) == self.pointers
+
+
+def pointers(weight, bias):
+    return weight.data_ptr(), None if bias is None else bias.data_ptr()
+
+
 class FewRowLinear(nn.Linear):
     """nn.Linear, with the faster kernels above for a few rows on a CPU. Anything else (more rows, float64,
     float32 on one thread, code being traced by torch.compile) takes nn.Linear's own kernels."""
+
+    row_blocks = None  # the RowBlocks of the last float32 product without autograd, kept for the next one
 
     def forward(self, x):
         if torch.compiler.is_compiling():  # inductor chooses its own kernels; the checks below would break its graph
@@ -45,21 +72,25 @@ class FewRowLinear(nn.Linear):
 
     def row_blocks_product(self, x, blocks):
         """x @ weight.T + bias for a few rows x (..., in), the weight's rows in blocks (any memory layout)."""
-        out, n_in = self.weight.shape
+        weight, bias = self.weight, self.bias
+        plan = self.row_blocks
+        if torch.is_grad_enabled():  # views made now, so that autograd sees the product of this weight
+            plan = RowBlocks(weight, bias, blocks)
+        elif plan is None or not plan.fits(weight, bias, blocks):
+            plan = self.row_blocks = RowBlocks(weight, bias, blocks)
+        n_in = self.in_features
         rows = x.numel() // n_in  # M
-        size = out // blocks  # weight rows per block; the out % blocks rows left over are multiplied on their own
-        split = blocks * size
-        w = self.weight[:split].view(blocks, size, n_in).transpose(1, 2)  # (blocks, in, size)
         x_rows = x.reshape(1, rows, n_in).expand(blocks, rows, n_in)  # (blocks, M, in), the same rows for each block
-        if self.bias is None:
-            y = torch.bmm(x_rows, w)  # (blocks, M, size)
-        else:
-            y = torch.baddbmm(self.bias[:split].view(blocks, 1, size), x_rows, w)  # (blocks, M, size)
-        y = y.transpose(0, 1).reshape(rows, split)  # (M, split): each row's blocks side by side
-        if split < out:
-            rest = self.bias[split:] if self.bias is not None else None
-            y = torch.cat([y, F.linear(x.reshape(rows, n_in), self.weight[split:], rest)], dim=1)  # (M, out)
-        return y.view(x.shape[:-1] + (out,))  # (..., out)
+        y = torch.bmm(x_rows, plan.w) if plan.b is None else torch.baddbmm(plan.b, x_rows, plan.w)  # (blocks, M, size)
+        # each row's blocks side by side: (M, split); for one row, (blocks, 1, size) is already in that order
+        y = y.view(1, plan.split) if rows == 1 else y.transpose(0, 1).reshape(rows, plan.split)
+        if plan.rest is not None:
+            y = torch.cat([y, F.linear(x.reshape(rows, n_in), *plan.rest)], dim=1)  # (M, out)
+        return y.view(x.shape[:-1] + (self.out_features,))  # (..., out)
+
+    def _apply(self, fn, *args, **kwargs):
+        self.row_blocks = None  # views of the memory that .to() / .float() / .cuda() replace: let it go
+        return super()._apply(fn, *args, **kwargs)
 
     def product_without_onednn(self, x):
         with onednn_switch:

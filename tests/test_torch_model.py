@@ -181,6 +181,32 @@ def test_row_blocks_product_equals_f_linear(blocks, n_out, bias, stored_in_out, 
         assert max_diff(linear.row_blocks_product(row, blocks), F.linear(row, linear.weight, linear.bias)) <= 1e-5
 
 
+def test_row_blocks_are_made_once_and_follow_the_weight():
+    """The row-block views (RowBlocks) are made at the first product without autograd and used again; a weight
+    given new memory (`param.data = ...`, as model.to() does), a new parameter or another number of blocks gets
+    new views, so the product always multiplies the module's current weight; .to() lets the old views go. With
+    autograd on, each call makes its own views and the gradient reaches the weight. Tolerances: the row blocks'
+    1e-5 (test_row_blocks_product_equals_f_linear); the gradient is a sum of one row: 1e-6."""
+    linear, x = random_linear(64, 97, True, torch.float32)
+    with torch.no_grad():
+        assert max_diff(linear.row_blocks_product(x, 2), F.linear(x, linear.weight, linear.bias)) <= 1e-5
+        plan = linear.row_blocks
+        linear.row_blocks_product(x, 2)
+        assert linear.row_blocks is plan  # used again
+        linear.row_blocks_product(x, 3)
+        assert linear.row_blocks is not plan and linear.row_blocks.blocks == 3
+        linear.weight.data = -linear.weight.data  # new memory, the same parameter
+        assert max_diff(linear.row_blocks_product(x, 3), F.linear(x, linear.weight, linear.bias)) <= 1e-5
+        linear.bias = torch.nn.Parameter(torch.zeros(97))  # a new parameter
+        assert max_diff(linear.row_blocks_product(x, 3), F.linear(x, linear.weight, None)) <= 1e-5
+    linear.double()
+    assert linear.row_blocks is None
+    linear.float()
+    linear.row_blocks_product(x, 2).sum().backward()  # autograd on
+    assert linear.row_blocks is None  # views made for the call only
+    assert max_diff(linear.weight.grad, x.reshape(1, 64).expand(97, 64)) <= 1e-6  # d(sum of x W^T + b)/dW
+
+
 class RecordProducts(TorchDispatchMode):
     """Records each matrix product torch runs, with whether oneDNN was on at that moment."""
 
