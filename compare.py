@@ -625,8 +625,8 @@ def parse_args(argv=None):
                    description="Compare the torch and NumPy backends with a float64 reference, activation by "
                                "activation.",
                    epilog=f"An activation passes when {CRITERION}.\nDefault tolerances by dtype: {_tolerance_help()}.\n"
-                          "Exit status: 0 all pass, 1 something fails, 2 bad input: usage, a checkpoint or prompt "
-                          "that cannot be read, a report that cannot be written.")  # fmt: skip
+                          "Exit status: 0 all pass, 1 something fails (an error of torch's included), 2 bad input: "
+                          "usage, a checkpoint or prompt that cannot be read, a report that cannot be written.")  # fmt: skip
     p.add_argument("--init-from", "--init_from", dest="init_from", required=True,
                    help="gpt2, gpt2-medium, gpt2-large, gpt2-xl, distilgpt2 (Hugging Face hub, cached), or the path "
                         "of a Hugging Face directory, a .safetensors file or a nanoGPT ckpt.pt")
@@ -714,8 +714,8 @@ def main(argv=None) -> int:
         # NaN and infinities are reported in the table (first non-finite): NumPy's warnings would only add lines.
         with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
             report = compare(subjects, reference, idx, args.atol, args.rtol, args.greedy)
-    except RuntimeError as e:  # torch's: CUDA out of memory, a device-side failure
-        fail(e)
+    except RuntimeError as e:  # torch's: CUDA out of memory, a device-side failure; the run failed, as in sample.py
+        fail(e, status=1)
     except NonFiniteLogitsError as e:  # the reference's trace was finite, but its greedy decode went non-finite
         fail(f"the reference's greedy decode: {e}", status=1)
     report.meta = {"source": str(args.init_from), "dtype": args.dtype, "device": args.device,

@@ -63,3 +63,19 @@ def test_no_torch_import():
     """Framework-neutral, like all of weights/: the NumPy backend's CLI path must not pull torch in."""
     code = "import sys, weights.cli; assert 'torch' not in sys.modules, 'torch imported'"
     subprocess.run([sys.executable, "-c", code], cwd=REPO, check=True, timeout=60)
+
+
+def test_running_out_of_memory_is_one_line_with_status_1(capsys):
+    """A MemoryError (NumPy's, for a batch too large for the machine) ends the run with exit 1 and one line that
+    says what could not be allocated, not a traceback; what was printed before stays printed."""
+    def main():
+        print("the first sample")
+        raise MemoryError("Unable to allocate 29.3 GiB for an array with shape (120000, 12, 1024, 64)")
+
+    with pytest.raises(SystemExit) as exit_info:
+        cli.run("sample.py", main)
+    out, err = capsys.readouterr()
+    assert exit_info.value.code == 1
+    assert out == "the first sample\n"
+    assert err == ("sample.py: error: out of memory (Unable to allocate 29.3 GiB for an array with shape "
+                   "(120000, 12, 1024, 64)); try a smaller model, batch or dtype\n")

@@ -253,10 +253,11 @@ def test_greedy_divergence_is_located_and_judged(odd_models):
 def test_layer_diff_metrics():
     ref = np.array([[1.0, -4.0], [2.0, 0.0]])
     d = compare.layer_diff("x", ref + np.array([[0.0, 0.1], [0.0, -0.3]]), ref, atol=0.1, rtol=0.05)
-    assert d.max_abs_diff == pytest.approx(0.3) and d.max_rel_diff == pytest.approx(0.3 / 4)
-    assert d.tolerance == pytest.approx(0.1 + 0.05 * 4) and d.ok  # 0.3 <= 0.3
+    # rel=1e-12: each figure is a few float64 roundings of the exact value
+    assert d.max_abs_diff == pytest.approx(0.3, rel=1e-12) and d.max_rel_diff == pytest.approx(0.3 / 4, rel=1e-12)
+    assert d.tolerance == pytest.approx(0.1 + 0.05 * 4, rel=1e-12) and d.ok  # 0.3 <= 0.3
     a, b = np.array([3.0, 4.0]), np.array([4.0, 3.0])
-    assert compare.layer_diff("c", a, b, 0, 0).cosine == pytest.approx(24 / 25)  # (12 + 12) / (5 * 5)
+    assert compare.layer_diff("c", a, b, 0, 0).cosine == pytest.approx(24 / 25, rel=1e-12)  # (12 + 12) / (5 * 5)
     assert not compare.layer_diff("tight", ref + 1e-9, ref, atol=0, rtol=1e-10).ok
     assert not compare.layer_diff("nan", np.where(ref == 0, np.nan, ref), ref, 1, 1).ok
     assert not compare.layer_diff("inf", np.where(ref == 0, np.inf, ref), ref, 1, 1).ok
@@ -384,6 +385,13 @@ def test_bad_trace_files_exit_2_with_one_line(odd_checkpoint, small_checkpoint, 
                         "activations": json.dumps(list(activations))})
     outside = tmp_path / "outside.safetensors"  # a token id past the vocabulary: an embedding would fail
     save_trace(outside, activations, np.full_like(ids, config.vocab_size), config, "a bad writer")
+    not_a_list = tmp_path / "not-a-list.safetensors"  # the activation list is a number
+    save_file({"prompt_ids": ids}, str(not_a_list),
+              metadata={"format": "gpt2-dual-trace/1", "config": json.dumps(vars(config)), "activations": "5"})
+    huge = tmp_path / "huge.safetensors"  # a billion layers claimed: refused before a name is made for each
+    save_file({"prompt_ids": ids}, str(huge),
+              metadata={"format": "gpt2-dual-trace/1", "config": json.dumps({**vars(config), "n_layer": 10**9}),
+                        "activations": json.dumps(list(activations))})
     plain = tmp_path / "weights.safetensors"
     save_file({"x": np.zeros(3)}, str(plain))
     text = tmp_path / "notes.txt"
@@ -391,6 +399,8 @@ def test_bad_trace_files_exit_2_with_one_line(odd_checkpoint, small_checkpoint, 
     capsys.readouterr()
     small = str(small_checkpoint.path)
     exits_2_with(["--init-from", small, "--reference", str(truncated)], "an incomplete trace (missing h.0.ln_1", capsys)
+    exits_2_with(["--init-from", small, "--reference", str(not_a_list)], "activation list is unreadable", capsys)
+    exits_2_with(["--init-from", small, "--reference", str(huge)], "listed for 1000000000 layers", capsys)
     exits_2_with(["--init-from", small, "--reference", str(plain)], "not a trace file", capsys)
     exits_2_with(["--init-from", small, "--reference", str(outside)], "each below 50257", capsys)
     exits_2_with(["--init-from", small, "--reference", str(text)], "not a safetensors file", capsys)
@@ -452,7 +462,8 @@ def test_transformers_reference_needs_biases(small_checkpoint, tmp_path, capsys)
 
 
 def test_a_torch_runtime_error_is_one_line(small_checkpoint, monkeypatch, capsys):
-    """A RuntimeError from torch mid-comparison (CUDA out of memory, say) is one stderr line and exit 2."""
+    """A RuntimeError from torch mid-comparison (CUDA out of memory, say) is one stderr line and exit 1: the run
+    failed, as in sample.py (not bad input)."""
 
     def out_of_memory(*args, **kwargs):
         raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB\nmore details\nand more")
@@ -460,5 +471,5 @@ def test_a_torch_runtime_error_is_one_line(small_checkpoint, monkeypatch, capsys
     monkeypatch.setattr(compare, "compare", out_of_memory)
     with pytest.raises(SystemExit) as exit_info:
         compare.main(["--init-from", str(small_checkpoint.path)])
-    assert exit_info.value.code == 2
+    assert exit_info.value.code == 1
     assert capsys.readouterr().err == "compare.py: error: CUDA out of memory. Tried to allocate 2.00 GiB\n"

@@ -207,6 +207,16 @@ def test_nanogpt_checkpoint_without_bias(hf_model, expected, tmp_path):
     assert_same_parameters(params, {k: v for k, v in expected.items() if not k.endswith(".bias")})
 
 
+def test_a_nan_in_a_tied_wte_loads_as_it_is(hf_model, tmp_path):
+    """nanoGPT saves lm_head.weight beside wte.weight, the same tensor: a NaN in it is in both, which is still a
+    tied lm_head (not "lm_head differs from wte"): it loads, and sampling refuses the non-finite logits with its
+    own error (test_hostile_inputs)."""
+    state = {k: v.clone() for k, v in hf_model.state_dict().items()}
+    state["transformer.wte.weight"][3, 5] = float("nan")
+    config, params = weights.load(write_nanogpt_checkpoint(tmp_path / "ckpt.pt", state))
+    assert np.isnan(params["wte.weight"][3, 5]) and np.isnan(params["wte.weight"]).sum() == 1
+
+
 def test_safetensors_written_by_save_records_its_config(expected, tmp_path):
     config = GPTConfig(BLOCK_SIZE, VOCAB_SIZE, N_LAYER, N_HEAD, N_EMBD, dropout=0.1)  # not the default: it is read back
     weights.save(tmp_path / "gpt.safetensors", config, expected)  # nothing beside it: the config is in the file
@@ -523,13 +533,15 @@ def test_torch_checkpoints_are_recognised_by_their_first_bytes_not_their_name(le
     assert_same_parameters(params, expected)
 
 
-def test_random_bytes_as_a_torch_pickle(tmp_path):
-    """torch's readers fail on garbage in many ways (UnpicklingError, EOFError, IndexError for seeds 17 and 21, ...):
-    each must become a WeightsError, not a traceback."""
+@pytest.mark.parametrize("signature", [b"PK\x03\x04", b"\x80"])  # torch's zip format, its legacy pickle stream
+def test_random_bytes_as_a_torch_pickle(tmp_path, signature):
+    """Garbage behind a torch signature reaches torch's readers, which fail on it in many ways (UnpicklingError,
+    EOFError, IndexError, zip errors, ...): each must become a one-line WeightsError, not a traceback."""
     path = tmp_path / "ckpt.pt"
     for seed in range(24):
-        path.write_bytes(np.random.default_rng(seed).bytes(2000))
-        assert_load_error(path, path)
+        path.write_bytes(signature + np.random.default_rng(seed).bytes(2000))
+        message = assert_load_error(path, path)
+        assert "corrupted or truncated" in message or "a pickle that is corrupt" in message, message
 
 
 def test_corrupt_pytorch_model_bin(model_dir):

@@ -112,10 +112,11 @@ def test_only_the_nucleus_is_drawn(logits, top_k, top_p, temperature, seed):
 
 @given(logit_matrices(), st.data(), seeds)
 def test_same_seed_same_draws_and_one_uniform_per_row(logits, data, seed):
-    """The draw is a function of (logits, seed) alone: the same values given as a float32 torch tensor's
-    .numpy() (as gpt2_torch hands them over) and as a NumPy array give the same tokens, and whatever the logits
-    and options, each call consumes exactly one uniform per row — so the generators of two backends whose
-    logits differ slightly stay in step for the rest of the text."""
+    """The draw is a function of (logits, seed) alone: the same logits, once as they are and once as a copy that
+    went through torch (tensor -> .numpy(), as gpt2_torch hands them over), with generators of the same seed, give
+    the same tokens (no global random state, no dependence on the array's origin); and whatever the logits and
+    options, each call consumes exactly one uniform per row — so the generators of two backends whose logits
+    differ slightly stay in step for the rest of the text."""
     top_k = data.draw(st.none() | st.integers(2, 45))  # not 1: greedy draws no uniform
     options = dict(temperature=data.draw(temperatures), top_k=top_k, top_p=data.draw(top_ps))
     from_numpy = sample_next(logits, np.random.default_rng(seed), **options)
@@ -220,10 +221,10 @@ def test_both_backends_generate_the_same_tokens(config, seed, data):
     with and without the KV cache: all four token sequences are identical. Exact comparison: both backends
     draw with one NumPy generator through one function, so tokens can only differ where their logits fall on
     different sides of a decision (a uniform within the logits' difference of a CDF step). float64 keeps that
-    difference small: gpt2_torch hands its logits over as float32 (.float()), a relative rounding of 6e-8
-    against the NumPy backend's float64 ones; float64 logits and their float32 rounding gave the same token
-    in 200,000 of 200,000 seeded draws (V = 40). In float32 the backends' logits differ ~20 times more
-    (~1e-6): still rare, but float64 keeps a spurious failure of this exact test out of reach."""
+    difference small: both backends compute and hand over float64 logits, a few float64 roundings apart
+    (the summation orders of their kernels); even float64 logits and their float32 rounding (6e-8 apart) gave
+    the same token in 200,000 of 200,000 seeded draws (V = 40). In float32 the backends' logits differ by
+    ~1e-6: still rare, but float64 keeps a spurious failure of this exact test out of reach."""
     torch_model, numpy_model = tiny_models(config, random_params(config, seed), "float64")
     rng = np.random.default_rng(seed)
     shape = (data.draw(st.integers(1, 3)), data.draw(st.integers(1, config.block_size)))

@@ -361,7 +361,7 @@ def test_more_bad_numbers_and_choices_are_one_line(argv, capsys):
     with pytest.raises(SystemExit) as exit_info:
         sample.parse_args(argv)
     err = capsys.readouterr().err
-    assert exit_info.value.code != 0 and len(err.strip().splitlines()) == 1 and argv[0] in err
+    assert exit_info.value.code == 2 and len(err.strip().splitlines()) == 1 and argv[0] in err
 
 
 def test_an_infinite_temperature_is_refused(capsys):

@@ -97,7 +97,8 @@ class OutputError(Exception):
 @contextlib.contextmanager
 def writing_stdout():
     """Turn an OSError while writing standard output into OutputError. A broken pipe stays itself: a reader
-    that went away (`| head`) is no error, and run() ends quietly."""
+    that went away (`| head`) gets no message, and run() ends quietly with status 1 (the text was not all
+    written)."""
     try:
         yield
     except BrokenPipeError:
@@ -124,6 +125,12 @@ def run(prog: str, main):
         with contextlib.suppress(OSError):
             sys.stdout.flush()  # what was printed so far stays printed
         sys.exit(130)
+    except MemoryError as e:  # NumPy's says how much it could not allocate: "Unable to allocate 29.3 GiB for ..."
+        with contextlib.suppress(OSError):
+            sys.stdout.flush()  # what was printed so far stays printed
+        reason = (str(e).strip().splitlines() or ["MemoryError"])[0]
+        print(f"{prog}: error: out of memory ({reason}); try a smaller model, batch or dtype", file=sys.stderr)
+        sys.exit(1)
     except BrokenPipeError:
         _stdout_to_devnull()
         sys.exit(1)

@@ -454,7 +454,8 @@ def _canonical(tensors: dict[str, np.ndarray], path: Path) -> dict[str, np.ndarr
             head = value
         elif not _DROPPED.search(name):
             params[name] = value
-    if head is not None and "wte.weight" in params and not np.array_equal(head, params["wte.weight"]):
+    # equal_nan: a NaN in a tied wte is in lm_head too, and is refused later with the error about non-finite weights
+    if head is not None and "wte.weight" in params and not np.array_equal(head, params["wte.weight"], equal_nan=True):
         raise WeightsError(f"{path}: lm_head.weight differs from wte.weight; GPT-2 ties them and so does this code")
     return params
 

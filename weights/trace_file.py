@@ -60,9 +60,17 @@ def load_trace(path: str | os.PathLike) -> tuple[GPTConfig, np.ndarray, "Ordered
             try:
                 config = GPTConfig(**json.loads(meta["config"]))
                 names = json.loads(meta["activations"])
+                if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+                    raise ValueError("the activations are not a list of names")
             except (KeyError, TypeError, ValueError) as e:
                 raise WeightsError(f"{path}: the trace's config or activation list is unreadable ({e})") from None
-            missing = [n for n in ["prompt_ids", *activation_names(config)] if n not in f.keys()]
+            keys = set(f.keys())
+            # n_layer is the file's word: checked against the list (5 per block, embed, ln_f, logits) before a name
+            # is made for each layer
+            if len(names) != 5 * config.n_layer + 3:
+                raise WeightsError(f"{path}: an incomplete trace ({len(names)} activations listed for "
+                                   f"{config.n_layer} layers)")
+            missing = [n for n in ["prompt_ids", *activation_names(config)] if n not in keys]
             if missing or names != activation_names(config):
                 raise WeightsError(f"{path}: an incomplete trace (missing {', '.join(missing[:3]) or 'nothing'}; "
                                    f"{len(names)} activations listed for {config.n_layer} layers)")
