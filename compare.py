@@ -638,11 +638,12 @@ def parse_args(argv=None):
                    "the reference run on the CPU (default: cpu)")
     p.add_argument("--dtype", choices=DTYPES, default="float32",
                    help="the backends' dtype; NumPy, having no bfloat16, computes in float32 then (default: float32)")
-    p.add_argument("--reference", default="numpy-float64",
+    p.add_argument("--reference", default=None,
                    help="numpy-float64, torch (the torch backend in float64), transformers (GPT2LMHeadModel in "
                         "float64, needs transformers; adds a third column, the NumPy backend in float64 against it "
                         "with the float64 tolerances), or the path of a trace file written by --save-trace "
-                        "(default: numpy-float64)")
+                        "(default: numpy-float64; with --dtype float64, transformers, as the NumPy backend in "
+                        "float64 would be compared with itself)")
     p.add_argument("--save-trace", "--save_trace", dest="save_trace", metavar="PATH",
                    help="write the reference's float64 activations and the prompt's ids to PATH (.safetensors; "
                         "layout in the README), for --reference PATH on another machine or implementation")
@@ -654,6 +655,11 @@ def parse_args(argv=None):
     p.add_argument("--json", metavar="PATH", help="write the report as JSON")
     p.add_argument("--plot", metavar="PATH", help="write a PNG of the error per activation (needs matplotlib)")
     args = p.parse_args(argv)
+    if args.reference is None:
+        args.reference = "transformers" if args.dtype == "float64" else "numpy-float64"
+    if args.reference == "numpy-float64" and args.dtype == "float64":
+        p.error("--reference numpy-float64 with --dtype float64 compares the NumPy backend with itself; "
+                "use --reference transformers or torch")
     if args.reference not in REFERENCES:
         if not Path(args.reference).is_file():
             p.error(f"--reference {args.reference}: neither {', '.join(REFERENCES)} nor a trace file")

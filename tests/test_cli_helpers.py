@@ -2,6 +2,7 @@
 to end; these pin the edges): number ranges, FILE: prompts, one-line usage errors, no torch import."""
 
 import argparse
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -79,3 +80,17 @@ def test_running_out_of_memory_is_one_line_with_status_1(capsys):
     assert out == "the first sample\n"
     assert err == ("sample.py: error: out of memory (Unable to allocate 29.3 GiB for an array with shape "
                    "(120000, 12, 1024, 64)); try a smaller model, batch or dtype\n")
+
+
+def test_output_paths_that_would_block_or_fail_are_refused_up_front(tmp_path):
+    """compare.py's --json, --plot and --save-trace paths are checked before the comparison runs: a FIFO would
+    block the write at the end (no reader), a directory fails it; a new or regular file and a character device
+    (/dev/null) are writable."""
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    assert "FIFO" in cli.output_path_problem(str(fifo))
+    assert cli.output_path_problem(str(tmp_path)) == "is a directory"
+    (tmp_path / "old.json").write_text("{}")
+    assert cli.output_path_problem(str(tmp_path / "old.json")) is None
+    assert cli.output_path_problem(str(tmp_path / "new.json")) is None
+    assert cli.output_path_problem(os.devnull) is None

@@ -410,6 +410,17 @@ def test_bad_trace_files_exit_2_with_one_line(odd_checkpoint, small_checkpoint, 
     exits_2_with(["--init-from", small, "--save-trace", str(tmp_path / "no" / "t.safetensors")], "no such directory", capsys)
 
 
+def test_float64_defaults_to_an_independent_reference():
+    """With --dtype float64 the NumPy backend is itself the numpy-float64 reference: a column that could not fail.
+    So the default reference is then transformers, and asking for numpy-float64 is a usage error."""
+    assert compare.parse_args(["--init-from", "x", "--dtype", "float64"]).reference == "transformers"
+    assert compare.parse_args(["--init-from", "x"]).reference == "numpy-float64"
+    assert compare.parse_args(["--init-from", "x", "--dtype", "float64", "--reference", "torch"]).reference == "torch"
+    with pytest.raises(SystemExit) as exit_info:
+        compare.parse_args(["--init-from", "x", "--dtype", "float64", "--reference", "numpy-float64"])
+    assert exit_info.value.code == 2
+
+
 # --- bad input: one line on stderr, exit 2 ----------------------------------------------------------
 
 @pytest.mark.parametrize("args, message", [

@@ -149,6 +149,31 @@ def test_only_config_json_and_model_safetensors_are_requested(name, tiny_dir, mo
     assert sorted(requests) == [(EXPECTED_REPOS[name], "config.json"), (EXPECTED_REPOS[name], "model.safetensors")]
 
 
+def test_a_cached_model_is_used_without_asking_the_hub(tiny_dir, monkeypatch):
+    """Online, a model in the cache is read with local_files_only=True and the hub is never asked (each run
+    would otherwise send a request per file, which an unreachable hub makes fail slowly); a model not in the
+    cache is then downloaded."""
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    calls = []
+
+    def hf_hub_download(repo_id, filename, local_files_only=False, **kwargs):
+        calls.append((filename, local_files_only))
+        if local_files_only and cached:
+            return str(tiny_dir / filename)
+        if local_files_only:
+            raise LocalEntryNotFoundError("not in the cache")
+        return str(tiny_dir / filename)  # "downloaded"
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", hf_hub_download)
+    cached = True
+    assert weights.load("gpt2")[0] == TINY
+    assert calls == [("config.json", True), ("model.safetensors", True)]
+    calls.clear()
+    cached = False
+    assert weights.load("gpt2")[0] == TINY
+    assert calls == [("config.json", True), ("config.json", False), ("model.safetensors", False)]
+
+
 def _fail_with(error):
     def hf_hub_download(repo_id, filename, **kwargs):
         raise error

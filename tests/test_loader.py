@@ -207,6 +207,24 @@ def test_nanogpt_checkpoint_without_bias(hf_model, expected, tmp_path):
     assert_same_parameters(params, {k: v for k, v in expected.items() if not k.endswith(".bias")})
 
 
+@pytest.mark.parametrize("fmt", ["safetensors (BF16)", "nanoGPT ckpt.pt (torch.bfloat16)"])
+def test_bfloat16_checkpoints_load_as_float32_holding_the_same_values(fmt, hf_model, expected, tmp_path):
+    """A bfloat16 checkpoint (transformers' save_pretrained of a bfloat16 model; nanoGPT's ckpt.pt of one) loads as
+    float32 arrays holding exactly the bfloat16 values: bfloat16 is the top half of a float32, so the widening
+    is exact and the comparison is equality, against torch's own bfloat16 -> float32."""
+    model = copy.deepcopy(hf_model).to(torch.bfloat16)
+    if fmt.startswith("safetensors"):
+        model.save_pretrained(tmp_path / "bf16")
+        assert '"BF16"' in (tmp_path / "bf16" / "model.safetensors").read_bytes()[:4000].decode("latin-1")  # the premise
+        source = tmp_path / "bf16"
+    else:
+        source = write_nanogpt_checkpoint(tmp_path / "ckpt.pt", model.state_dict())
+    config, params = weights.load(source)
+    assert config == CONFIG
+    state = model.state_dict()
+    assert_same_parameters(params, {name: state["transformer." + name].float().numpy() for name in expected})
+
+
 def test_a_nan_in_a_tied_wte_loads_as_it_is(hf_model, tmp_path):
     """nanoGPT saves lm_head.weight beside wte.weight, the same tensor: a NaN in it is in both, which is still a
     tied lm_head (not "lm_head differs from wte"): it loads, and sampling refuses the non-finite logits with its

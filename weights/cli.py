@@ -81,6 +81,8 @@ def output_path_problem(path: str) -> str | None:
         return e.strerror
     if mode is not None and stat.S_ISDIR(mode):
         return "is a directory"
+    if mode is not None and not (stat.S_ISREG(mode) or stat.S_ISCHR(mode)):  # /dev/null and /dev/full are fine
+        return "is not a regular file (a FIFO or socket: opening it would wait for a reader)"
     parent = os.path.dirname(os.path.abspath(path))
     if mode is None and not os.path.isdir(parent):
         return f"no such directory {parent}"
