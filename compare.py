@@ -625,8 +625,9 @@ def parse_args(argv=None):
                    description="Compare the torch and NumPy backends with a float64 reference, activation by "
                                "activation.",
                    epilog=f"An activation passes when {CRITERION}.\nDefault tolerances by dtype: {_tolerance_help()}.\n"
-                          "Exit status: 0 all pass, 1 something fails (an error of torch's included), 2 bad input: "
-                          "usage, a checkpoint or prompt that cannot be read, a report that cannot be written.")  # fmt: skip
+                          "Exit status: 0 all pass, 1 something fails (an error of torch's included), 2 bad "
+                          "input: usage, a checkpoint or prompt that cannot be read, a report that cannot be "
+                          "written.")  # fmt: skip
     p.add_argument("--init-from", "--init_from", dest="init_from", required=True,
                    help="gpt2, gpt2-medium, gpt2-large, gpt2-xl, distilgpt2 (Hugging Face hub, cached), or the path "
                         "of a Hugging Face directory, a .safetensors file or a nanoGPT ckpt.pt")

@@ -28,9 +28,9 @@ FEW_ROWS = 16  # up to this many rows, the row blocks beat MKL's own float32 pro
 
 class RowBlocks:
     """A weight (out, in) and its bias as blocks of rows, one block per thread: the views a row-block product
-    multiplies. Made once per weight, not at every call: making them cost a sixth of what a one-row decoding step
-    spends besides reading the weights (BENCHMARKS.md). The views share the weight's memory; `fits` tells whether they
-    are still views of the module's current weight and bias, for the same number of blocks."""
+    multiplies. Made once per weight, not at every call: making them cost a sixth of what a one-row decoding
+    step spends besides reading the weights (BENCHMARKS.md). The views share the weight's memory; `fits` tells
+    whether they are still views of the module's current weight and bias, for the same number of blocks."""
 
     def __init__(self, weight, bias, blocks):
         out, n_in = weight.shape
@@ -44,7 +44,8 @@ class RowBlocks:
 
     def fits(self, weight, bias, blocks):
         # the same parameters with the same memory: model.to() and `param.data = ...` keep a parameter, not its memory
-        return weight is self.weight and bias is self.bias and blocks == self.blocks and pointers(weight, bias) == self.pointers
+        same = weight is self.weight and bias is self.bias and blocks == self.blocks
+        return same and pointers(weight, bias) == self.pointers
 
 
 def pointers(weight, bias):

@@ -215,7 +215,8 @@ def test_bfloat16_checkpoints_load_as_float32_holding_the_same_values(fmt, hf_mo
     model = copy.deepcopy(hf_model).to(torch.bfloat16)
     if fmt.startswith("safetensors"):
         model.save_pretrained(tmp_path / "bf16")
-        assert '"BF16"' in (tmp_path / "bf16" / "model.safetensors").read_bytes()[:4000].decode("latin-1")  # the premise
+        header = (tmp_path / "bf16" / "model.safetensors").read_bytes()[:4000].decode("latin-1")
+        assert '"BF16"' in header  # the premise: transformers wrote bfloat16 tensors
         source = tmp_path / "bf16"
     else:
         source = write_nanogpt_checkpoint(tmp_path / "ckpt.pt", model.state_dict())
