@@ -31,7 +31,7 @@ import numpy as np
 import weights
 from weights import GPTConfig
 from weights.sampling import row_generators, sample_next
-from benchmarks import common
+from benchmarks import common, report
 
 PROMPT_TOKENS = 8
 TINY = GPTConfig(block_size=1024, vocab_size=512, n_layer=12, n_head=12, n_embd=96)
@@ -154,11 +154,12 @@ def sampler_seconds(batch, vocab_size, repeats=50):
     return statistics.median(times)
 
 
-def weight_bytes(config: GPTConfig, itemsize=4):
-    """Bytes a step reads: the block matrices, and wte as the lm_head."""
-    shapes = weights.parameter_shapes(config)
-    blocks = sum(int(np.prod(s)) for n, s in shapes.items() if n.endswith(weights.loader.MATRICES)) * itemsize
-    return {"block products": blocks, "lm_head": int(np.prod(shapes["wte.weight"])) * itemsize}
+def weight_bytes(config: GPTConfig):
+    """Bytes a step reads in each timed product (the report's bytes_per_token, float32): the block matrices, and
+    wte as the lm_head."""
+    parts = report.bytes_per_token(config, itemsize=4)
+    return {"block products": parts["matrices (c_attn, attn.c_proj, c_fc, mlp.c_proj)"],
+            "lm_head": parts["wte, read once by the tied lm_head"]}
 
 
 def profile(path, tiny_path, batches=(1, 8), steps=64, rounds=5):

@@ -37,7 +37,7 @@ class RowBlocks:
         size = out // blocks  # weight rows per block; the out % blocks rows left over are multiplied on their own
         self.split = blocks * size
         self.weight, self.bias, self.blocks = weight, bias, blocks
-        self.pointers = pointers(weight, bias)
+        self.pointers = self.pointers_of(weight, bias)
         self.w = weight[:self.split].view(blocks, size, n_in).transpose(1, 2)  # (blocks, in, size)
         self.b = None if bias is None else bias[:self.split].view(blocks, 1, size)  # (blocks, 1, size)
         self.rest = (weight[self.split:], None if bias is None else bias[self.split:]) if self.split < out else None
@@ -45,11 +45,11 @@ class RowBlocks:
     def fits(self, weight, bias, blocks):
         # the same parameters with the same memory: model.to() and `param.data = ...` keep a parameter, not its memory
         same = weight is self.weight and bias is self.bias and blocks == self.blocks
-        return same and pointers(weight, bias) == self.pointers
+        return same and self.pointers_of(weight, bias) == self.pointers
 
-
-def pointers(weight, bias):
-    return weight.data_ptr(), None if bias is None else bias.data_ptr()
+    @staticmethod
+    def pointers_of(weight, bias):
+        return weight.data_ptr(), None if bias is None else bias.data_ptr()
 
 
 class FewRowLinear(nn.Linear):

@@ -26,11 +26,12 @@ from .config import GPTConfig
 from .errors import WeightsError
 
 FORMAT = "gpt2-dual-trace/1"
+BLOCK_PARTS = (".ln_1", ".attn", ".ln_2", ".mlp", "")  # each block's activations: h.{i}.ln_1 ... h.{i}
 
 
 def activation_names(config: GPTConfig) -> list[str]:
     """The names of a trace, in the order a forward pass computes them."""
-    blocks = [f"h.{i}{part}" for i in range(config.n_layer) for part in (".ln_1", ".attn", ".ln_2", ".mlp", "")]
+    blocks = [f"h.{i}{part}" for i in range(config.n_layer) for part in BLOCK_PARTS]
     return ["embed", *blocks, "ln_f", "logits"]
 
 
@@ -64,14 +65,14 @@ def load_trace(path: str | os.PathLike) -> tuple[GPTConfig, np.ndarray, "Ordered
                     raise ValueError("the activations are not a list of names")
             except (KeyError, TypeError, ValueError) as e:
                 raise WeightsError(f"{path}: the trace's config or activation list is unreadable ({e})") from None
-            keys = set(f.keys())
-            # n_layer is the file's word: checked against the list (5 per block, embed, ln_f, logits) before a name
-            # is made for each layer
-            if len(names) != 5 * config.n_layer + 3:
+            # n_layer is the file's word: checked against the list (each block's parts, embed, ln_f, logits)
+            # before a name is made for each layer
+            if len(names) != len(BLOCK_PARTS) * config.n_layer + 3:
                 raise WeightsError(f"{path}: an incomplete trace ({len(names)} activations listed for "
                                    f"{config.n_layer} layers)")
-            missing = [n for n in ["prompt_ids", *activation_names(config)] if n not in keys]
-            if missing or names != activation_names(config):
+            expected, keys = activation_names(config), set(f.keys())
+            missing = [n for n in ["prompt_ids", *expected] if n not in keys]
+            if missing or names != expected:
                 raise WeightsError(f"{path}: an incomplete trace (missing {', '.join(missing[:3]) or 'nothing'}; "
                                    f"{len(names)} activations listed for {config.n_layer} layers)")
             prompt_ids = f.get_tensor("prompt_ids")
