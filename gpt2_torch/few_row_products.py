@@ -23,24 +23,26 @@ from torch.nn import functional as F
 # torch.backends.mkldnn.enabled is one flag for the whole process: one product at a time switches it off.
 onednn_switch = threading.Lock()
 
+MKL = torch.backends.mkl.is_available()  # the row blocks are for its batched product
 FEW_ROWS = 16  # up to this many rows, the row blocks beat MKL's own float32 product (equal at 16, BENCHMARKS.md)
 
 
 class RowBlocks:
-    """A weight (out, in) and its bias as blocks of rows, one block per thread: the views a row-block product
-    multiplies. Made once per weight, not at every call: making them cost a sixth of what a one-row decoding
+    """A weight (out, in) and its bias as blocks of rows, one block per thread, and the product that multiplies
+    them. Made once per weight, not at every call: making the views cost a sixth of what a one-row decoding
     step spends besides reading the weights (BENCHMARKS.md). The views share the weight's memory; `fits` tells
     whether they are still views of the module's current weight and bias, for the same number of blocks."""
 
     def __init__(self, weight, bias, blocks):
-        out, n_in = weight.shape
-        size = out // blocks  # weight rows per block; the out % blocks rows left over are multiplied on their own
+        self.out, self.n_in = weight.shape
+        size = self.out // blocks  # weight rows per block; the out % blocks rows left over are multiplied on their own
         self.split = blocks * size
         self.weight, self.bias, self.blocks = weight, bias, blocks
         self.pointers = self.pointers_of(weight, bias)
-        self.w = weight[:self.split].view(blocks, size, n_in).transpose(1, 2)  # (blocks, in, size)
+        self.w = weight[:self.split].view(blocks, size, self.n_in).transpose(1, 2)  # (blocks, in, size)
         self.b = None if bias is None else bias[:self.split].view(blocks, 1, size)  # (blocks, 1, size)
-        self.rest = (weight[self.split:], None if bias is None else bias[self.split:]) if self.split < out else None
+        rest = (weight[self.split:], None if bias is None else bias[self.split:])
+        self.rest = rest if self.split < self.out else None
 
     def fits(self, weight, bias, blocks):
         # the same parameters with the same memory: model.to() and `param.data = ...` keep a parameter, not its memory
@@ -51,43 +53,48 @@ class RowBlocks:
     def pointers_of(weight, bias):
         return weight.data_ptr(), None if bias is None else bias.data_ptr()
 
+    def product(self, x):
+        """x @ weight.T + bias for a few rows x (..., in)."""
+        rows = x.numel() // self.n_in  # M
+        x_rows = x.reshape(1, rows, self.n_in).expand(self.blocks, rows, self.n_in)  # (blocks, M, in): the same rows
+        y = torch.bmm(x_rows, self.w) if self.b is None else torch.baddbmm(self.b, x_rows, self.w)  # (blocks, M, size)
+        # each row's blocks side by side: (M, split); for one row, (blocks, 1, size) is already in that order
+        y = y.view(1, self.split) if rows == 1 else y.transpose(0, 1).reshape(rows, self.split)
+        if self.rest is not None:
+            y = torch.cat([y, F.linear(x.reshape(rows, self.n_in), *self.rest)], dim=1)  # (M, out)
+        return y.view(*x.shape[:-1], self.out)  # (..., out); a torch.Size argument takes 2 µs longer to parse
+
 
 class FewRowLinear(nn.Linear):
     """nn.Linear, with the faster kernels above for a few rows on a CPU. Anything else (more rows, float64,
-    float32 on one thread, code being traced by torch.compile) takes nn.Linear's own kernels."""
+    float32 on one thread, code being traced by torch.compile) takes nn.Linear's own kernels.
+
+    A decoding step of GPT-2 124M calls 49 of these, and a call's Python counts beside its product: the
+    parameters are read from the module's own dict (nn.Module's attribute lookup costs 1-2 µs each)."""
 
     row_blocks = None  # the RowBlocks of the last float32 product without autograd, kept for the next one
 
     def forward(self, x):
         if torch.compiler.is_compiling():  # inductor chooses its own kernels; the checks below would break its graph
             return super().forward(x)
-        if x.device.type == "cpu" and x.dtype == self.weight.dtype and x.numel() <= FEW_ROWS * self.in_features:
+        weight, bias = self._parameters["weight"], self._parameters["bias"]
+        if x.is_cpu and x.dtype == weight.dtype and x.numel() <= FEW_ROWS * self.in_features:
             threads = torch.get_num_threads()
-            mkl = torch.backends.mkl.is_available()
-            if x.dtype == torch.float32 and threads > 1 and mkl and self.out_features > 0 and x.numel() > 0:
+            if x.dtype == torch.float32 and threads > 1 and MKL and self.out_features > 0 and x.numel() > 0:
                 return self.row_blocks_product(x, blocks=min(threads, self.out_features))
             one_row = x.numel() == self.in_features
-            if x.dtype in (torch.bfloat16, torch.float16) and one_row and self.weight.is_contiguous():
+            if x.dtype in (torch.bfloat16, torch.float16) and one_row and weight.is_contiguous():
                 return self.product_without_onednn(x)
-        return super().forward(x)
+        return F.linear(x, weight, bias)
 
     def row_blocks_product(self, x, blocks):
         """x @ weight.T + bias for a few rows x (..., in), the weight's rows in blocks (any memory layout)."""
-        weight, bias = self.weight, self.bias
-        plan = self.row_blocks
+        weight, bias = self._parameters["weight"], self._parameters["bias"]
         if torch.is_grad_enabled():  # views made now, so that autograd sees the product of this weight
-            plan = RowBlocks(weight, bias, blocks)
-        elif plan is None or not plan.fits(weight, bias, blocks):
-            plan = self.row_blocks = RowBlocks(weight, bias, blocks)
-        n_in = self.in_features
-        rows = x.numel() // n_in  # M
-        x_rows = x.reshape(1, rows, n_in).expand(blocks, rows, n_in)  # (blocks, M, in), the same rows for each block
-        y = torch.bmm(x_rows, plan.w) if plan.b is None else torch.baddbmm(plan.b, x_rows, plan.w)  # (blocks, M, size)
-        # each row's blocks side by side: (M, split); for one row, (blocks, 1, size) is already in that order
-        y = y.view(1, plan.split) if rows == 1 else y.transpose(0, 1).reshape(rows, plan.split)
-        if plan.rest is not None:
-            y = torch.cat([y, F.linear(x.reshape(rows, n_in), *plan.rest)], dim=1)  # (M, out)
-        return y.view(x.shape[:-1] + (self.out_features,))  # (..., out)
+            return RowBlocks(weight, bias, blocks).product(x)
+        if self.row_blocks is None or not self.row_blocks.fits(weight, bias, blocks):
+            self.row_blocks = RowBlocks(weight, bias, blocks)
+        return self.row_blocks.product(x)
 
     def _apply(self, fn, *args, **kwargs):
         self.row_blocks = None  # views of the memory that .to() / .float() / .cuda() replace: let it go
