@@ -27,7 +27,7 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gpt2_numpy.model import layer_norm
+from gpt2_numpy.model import layer_norm, mean
 from gpt2_torch.model import LayerNorm
 from tests.strategies import (
     assert_within, batch_sizes, dtypes, eps, gaussian_arrays, log2_ceil, one_torch_thread, scales, seeds, seq_lens,
@@ -110,6 +110,16 @@ def test_layer_norm_equals_the_exact_value_and_the_other_backend(inputs):
         assert y.dtype == x.dtype
         assert_within(y - y_exact, tol, f"{name} against the exact value")
     assert_within(y_numpy - y_torch, 2 * tol)
+
+
+@given(layer_norm_inputs())
+def test_mean_is_ndarray_mean_bit_for_bit(inputs):
+    """layer_norm's `mean` (a sum divided by C, without ndarray.mean's Python wrapper) is the same computation
+    as x.mean(axis=-1, keepdims=True): NumPy's pairwise sum in the array's dtype, then one division. Equal
+    bits, no tolerance: a different summation order or accumulator dtype would show in the last bit."""
+    x, _, _ = inputs
+    assert mean(x).dtype == x.dtype
+    np.testing.assert_array_equal(mean(x), x.mean(axis=-1, keepdims=True))
 
 
 @given(layer_norm_inputs(), st.sampled_from(list(BACKENDS)))
