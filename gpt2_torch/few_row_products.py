@@ -70,14 +70,16 @@ class FewRowLinear(nn.Linear):
     float32 on one thread, code being traced by torch.compile) takes nn.Linear's own kernels.
 
     A decoding step of GPT-2 124M calls 49 of these, and a call's Python counts beside its product: the
-    parameters are read from the module's own dict (nn.Module's attribute lookup costs 1-2 µs each)."""
+    parameters are read from the module's own dict (stored_parameters)."""
 
     row_blocks = None  # the RowBlocks of the last float32 product without autograd, kept for the next one
 
     def forward(self, x):
-        if torch.compiler.is_compiling():  # inductor chooses its own kernels; the checks below would break its graph
+        stored = self.stored_parameters()
+        # inductor chooses its own kernels (the checks below would break its graph); a computed weight is nn.Linear's
+        if torch.compiler.is_compiling() or stored is None:
             return super().forward(x)
-        weight, bias = self._parameters["weight"], self._parameters["bias"]
+        weight, bias = stored
         if x.is_cpu and x.dtype == weight.dtype and x.numel() <= FEW_ROWS * self.in_features:
             threads = torch.get_num_threads()
             if x.dtype == torch.float32 and threads > 1 and MKL and self.out_features > 0 and x.numel() > 0:
@@ -89,12 +91,18 @@ class FewRowLinear(nn.Linear):
 
     def row_blocks_product(self, x, blocks):
         """x @ weight.T + bias for a few rows x (..., in), the weight's rows in blocks (any memory layout)."""
-        weight, bias = self._parameters["weight"], self._parameters["bias"]
+        weight, bias = self.stored_parameters() or (self.weight, self.bias)
         if torch.is_grad_enabled():  # views made now, so that autograd sees the product of this weight
             return RowBlocks(weight, bias, blocks).product(x)
         if self.row_blocks is None or not self.row_blocks.fits(weight, bias, blocks):
             self.row_blocks = RowBlocks(weight, bias, blocks)
         return self.row_blocks.product(x)
+
+    def stored_parameters(self):
+        """(weight, bias) as registered, read from the module's dict: nn.Module's attribute lookup costs 1-2 µs a
+        call. None when either is computed rather than stored (torch.nn.utils.prune, parametrize)."""
+        params = self._parameters
+        return (params["weight"], params["bias"]) if "weight" in params and "bias" in params else None
 
     def _apply(self, fn, *args, **kwargs):
         self.row_blocks = None  # views of the memory that .to() / .float() / .cuda() replace: let it go

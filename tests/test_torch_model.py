@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 from torch.nn import functional as F
+from torch.nn.utils import prune
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from gpt2_torch import GPT, LayerNorm, FewRowLinear, resolve_device
@@ -207,6 +208,23 @@ def test_row_blocks_are_made_once_and_follow_the_weight():
     assert max_diff(linear.weight.grad, x.reshape(1, 64).expand(97, 64)) <= 1e-6  # d(sum of x W^T + b)/dW
 
 
+@pytest.mark.parametrize("computed", ["prune", "weight_norm"])
+def test_a_computed_weight_takes_nn_linear(computed):
+    """A pruned or parametrized weight is computed at each call, not stored in the module's dict (where
+    FewRowLinear reads its parameters): the product is nn.Linear's own over the computed weight, as before
+    pruning. Same kernel, same sums: 1e-6 for outputs of order 1 (the row blocks' bound is 1e-5)."""
+    linear, x = random_linear(64, 97, True, torch.float32)
+    if computed == "prune":
+        prune.l1_unstructured(linear, "weight", amount=0.5)  # half the weights zeroed by a mask
+    else:
+        torch.nn.utils.parametrizations.weight_norm(linear)
+    assert linear.stored_parameters() is None
+    with torch.no_grad(), torch_threads(2):
+        assert max_diff(linear(x), F.linear(x, linear.weight, linear.bias)) <= 1e-6
+    if computed == "prune":
+        assert (linear.weight == 0).float().mean() == 0.5
+
+
 class RecordProducts(TorchDispatchMode):
     """Records each matrix product torch runs, with whether oneDNN was on at that moment."""
 
@@ -356,6 +374,27 @@ def test_half_precision_runs_close_to_float32(checkpoint, dtype):
     assert max_diff(trace["logits"], load(checkpoint.path).trace(idx)["logits"]) <= HALF_TOLERANCE[dtype]
     tokens = model.generate(idx[:, :4], 3, temperature=0.8, rng=np.random.default_rng(0))
     assert tokens.shape == (2, 7)
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_half_precision_decoding_with_its_float32_cache_gives_the_traced_logits(small_checkpoint, dtype):
+    """A half-precision model on the CPU keeps its KV cache in float32 (q, k and v converted before they are
+    cached, the attention's output converted back): every cached step's logits against one forward pass over
+    the whole sequences in the same dtype. The two round differently (the cache keeps float32 keys, the pass
+    half-precision ones), so HALF_TOLERANCE, the bound against float32; a key or value left unconverted fails
+    with an error, a wrong position with errors of order 1."""
+    model, idx = load(small_checkpoint.path, dtype), random_ids(small_checkpoint, 2, 12, seed=6)
+    with torch.no_grad():
+        expected = model.trace(idx)["logits"].float()  # (B, 12, V)
+        model.allocate_kv_cache(2)
+        try:
+            assert model.kv_cache[0].k.dtype == torch.float32
+            steps = [model(torch.from_numpy(idx[:, t : t + 1]), start=t) for t in range(idx.shape[1])]
+        finally:
+            model.kv_cache = None
+    logits = torch.cat(steps, dim=1)
+    assert logits.dtype == getattr(torch, dtype)
+    assert max_diff(logits.float(), expected) <= HALF_TOLERANCE[dtype]
 
 
 # --- generation --------------------------------------------------------------------------------------
