@@ -124,12 +124,10 @@ def run(prog: str, main):
     try:
         sys.exit(main())
     except KeyboardInterrupt:
-        with contextlib.suppress(OSError):
-            sys.stdout.flush()  # what was printed so far stays printed
+        _keep_printed()
         sys.exit(130)
     except MemoryError as e:  # NumPy's says how much it could not allocate: "Unable to allocate 29.3 GiB for ..."
-        with contextlib.suppress(OSError):
-            sys.stdout.flush()  # what was printed so far stays printed
+        _keep_printed()
         reason = (str(e).strip().splitlines() or ["MemoryError"])[0]
         print(f"{prog}: error: out of memory ({reason}); try a smaller model, batch or dtype", file=sys.stderr)
         sys.exit(1)
@@ -140,6 +138,12 @@ def run(prog: str, main):
         print(f"{prog}: error: {e}", file=sys.stderr)
         _stdout_to_devnull()
         sys.exit(2)
+
+
+def _keep_printed():
+    """Flush standard output: what was printed so far stays printed."""
+    with contextlib.suppress(OSError):
+        sys.stdout.flush()
 
 
 def _stdout_to_devnull():

@@ -30,14 +30,17 @@ def download(name: str) -> Path:
     from huggingface_hub.errors import LocalEntryNotFoundError
 
     repo = HUB_REPOS[name]
+
+    def files(**options):
+        return [Path(huggingface_hub.hf_hub_download(repo, filename, **options)) for filename in HUB_FILES]
+
     try:
         try:
-            paths = [Path(huggingface_hub.hf_hub_download(repo, filename, local_files_only=True))
-                     for filename in HUB_FILES]
+            paths = files(local_files_only=True)
         except LocalEntryNotFoundError:
             if huggingface_hub.constants.HF_HUB_OFFLINE:
                 raise
-            paths = [Path(huggingface_hub.hf_hub_download(repo, filename)) for filename in HUB_FILES]
+            paths = files()
     except LocalEntryNotFoundError:
         if huggingface_hub.constants.HF_HUB_OFFLINE:
             why = "HF_HUB_OFFLINE=1 is set and it is not in the cache"
