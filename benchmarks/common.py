@@ -13,8 +13,8 @@ CHECKPOINT = CACHE_DIR / "gpt2-124M-random"
 
 # Each contender is a backend and a dtype. transformers' GPT2LMHeadModel is the reference the targets name;
 # torch+compile is the torch backend with its decode step compiled (sample.py --compile).
-CONTENDERS = ("torch-float32", "torch+compile-float32", "torch-bfloat16", "numpy-float32", "transformers-float32",
-              "transformers-bfloat16")
+CONTENDERS = ("torch-float32", "torch+compile-float32", "torch-bfloat16", "torch+compile-bfloat16", "numpy-float32",
+              "transformers-float32", "transformers-bfloat16")
 
 # Environment variables that pin OpenBLAS to an older kernel on the development machines (see BENCHMARKS.md).
 OPENBLAS_PINS = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")

@@ -472,6 +472,10 @@ def evaluate(results):
             target("decode vs llama.cpp: numpy float32 / f32", vl["decode"]["numpy-float32"]["judged"], 0.85, "x"),
             target("decode vs llama.cpp: torch float32 / f32", vl["decode"]["torch-float32"]["judged"], 0.75, "x"),
             target("decode vs llama.cpp: torch bfloat16 / f16", vl["decode"]["torch-bfloat16"]["judged"], 0.85, "x"),
+            *(target(f"decode vs llama.cpp: torch --compile {dtype} / {peer}",
+                     vl["decode"][f"torch+compile-{dtype}"]["judged"], required, "x")
+              for dtype, peer, required in (("float32", "f32", 0.75), ("bfloat16", "f16", 0.85))
+              if f"torch+compile-{dtype}" in vl["decode"]),  # a results.json of before has no compiled bfloat16
             target("prefill vs llama.cpp: torch float32 / f32", vl["prefill"]["torch-float32"]["judged"], 0.9, "x"),
             target("prefill vs llama.cpp: numpy float32 / f32", vl["prefill"]["numpy-float32"]["judged"], 0.7, "x"),
             target("numpy float32 decode, fraction of the roofline (vs llama.cpp's issue)", fraction["numpy-float32"],
@@ -563,11 +567,13 @@ def markdown(results, derived):
                      f"{derived['decode_vs_transformers'][c]:.2f}x | {derived['roofline_tokens_per_s'][dt]:.1f} | "
                      f"{100 * derived['fraction_of_roofline'][c]:.0f}% | "
                      f"{100 * derived['fraction_of_round_roofline'][c]:.0f}% |")
-    wait = w.get("torch+compile-float32", {}).get("seconds_to_second_token")
-    if wait is not None:
+    waits = {c.split("-")[1]: w[c]["seconds_to_second_token"] for c in w if c.startswith("torch+compile")}
+    if waits:
         lines += ["", f"**--compile** (torch+compile: the decode step compiled whole by Inductor, the prompt eager): "
-                      f"the first sample's second token waited {wait:.1f} s for the compiler (the first token comes "
-                      "from the eager prompt pass); later samples with a KV cache of the same length reuse the graph."]
+                      "the first sample's second token waited "
+                      + ", ".join(f"{s:.1f} s in {dt}" for dt, s in waits.items()) + " for the compiler (the first "
+                      "token comes from the eager prompt pass); later samples with a KV cache of the same length "
+                      "reuse the graph."]
     bw = results["bandwidth_GBps"]
     b32 = results["bytes_per_token"]["float32"]
     lines += [

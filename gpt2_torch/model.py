@@ -45,6 +45,14 @@ def dropout(p):
     return nn.Dropout(p) if p > 0 else nn.Identity()
 
 
+def fused_attention_pays(q):
+    """Whether SDPA is the faster attention for queries q (B, nh, T, hs). Not in a graph compiled for the CPU
+    with one query per sequence (the compiled decode step): there Inductor fuses the spelled-out scale, mask
+    and softmax into its own C++ loops, while the SDPA kernel costs ~50 us of setup a layer (compiled decode
+    step of 124M 1.05-1.10x faster without it, float32 and bfloat16, batch 1 and 8: BENCHMARKS.md)."""
+    return not (torch.compiler.is_compiling() and q.device.type == "cpu" and q.size(2) == 1)
+
+
 class LayerNorm(nn.Module):
     """nanoGPT's LayerNorm: F.layer_norm with an optional bias (nn.LayerNorm has bias=False only since
     PyTorch 2.1). The formula is written out in gpt2_numpy's layer_norm; F.layer_norm is one kernel where the
@@ -120,7 +128,7 @@ class CausalSelfAttention(nn.Module):
         if kv_cache is not None:
             k, v = kv_cache.update(pos, k, v, n_keys)  # (B, nh, n_keys, hs)
         dropout_p = self.dropout if self.training else 0.0
-        if self.flash:
+        if self.flash and fused_attention_pays(q):
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p,
                                                is_causal=mask is None and T > 1)  # (B, nh, T, hs)
         else:

@@ -28,12 +28,13 @@ def made_up_results():
             "torch-float32": runs(40, 40, 40),
             "torch+compile-float32": runs(38, 38, 38),
             "torch-bfloat16": runs(90, 90, 90),
+            "torch+compile-bfloat16": runs(120, 120, 120),
             "numpy-float32": runs(45, 50, 40),
             "transformers-float32": runs(20, 20, 20),
             "transformers-bfloat16": runs(60, 60, 60),
         },
         "prefill": {c: {"seconds_median": s} for c, s in [("torch-float32", 1.0), ("torch+compile-float32", 1.0),
-                                                           ("torch-bfloat16", 0.5),
+                                                           ("torch-bfloat16", 0.5), ("torch+compile-bfloat16", 0.5),
                                                            ("numpy-float32", 1.6), ("transformers-float32", 1.2),
                                                            ("transformers-bfloat16", 0.6)]},
         "rss": {"torch-float32": rss(150, 100, 10), "torch-bfloat16": rss(60, 50, 10),
@@ -43,6 +44,7 @@ def made_up_results():
             "torch-float32": runs(160, 160, 160),
             "torch+compile-float32": runs(200, 200, 200),
             "torch-bfloat16": runs(270, 270, 270),
+            "torch+compile-bfloat16": runs(400, 400, 400),
             "numpy-float32": runs(300, 200, 250),
             "transformers-float32": runs(80, 80, 80),
             "transformers-bfloat16": runs(100, 100, 100),
@@ -125,6 +127,8 @@ def test_the_report_sets_each_round_against_llama_cpps_same_round():
     verdicts = {t["name"]: (t["measured"], t["met"]) for t in derived["targets"]}
     assert verdicts["decode vs llama.cpp: numpy float32 / f32"] == ("0.37x", False)
     assert verdicts["decode vs llama.cpp: torch bfloat16 / f16"] == ("0.55x", False)  # fast rounds: 0.6, 0.5
+    assert verdicts["decode vs llama.cpp: torch --compile bfloat16 / f16"] == ("0.73x", False)  # 120/150, 120/180
+    assert verdicts["decode vs llama.cpp: torch --compile float32 / f32"] == ("0.33x", False)  # 38/120, 38/110
     assert verdicts["prefill vs llama.cpp: torch float32 / f32"] == ("0.90x", True)
     assert "llama.cpp-float16" in "\n".join(report.llama_cpp_section(results, derived))
 

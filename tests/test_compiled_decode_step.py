@@ -95,3 +95,32 @@ def test_the_compiled_step_gives_the_eager_logits_at_every_position(small_checkp
             logits = model.compiled_decode_step(idx[:, t : t + 1], torch.tensor([t]))  # (3, V)
             assert (logits - expected[:, t]).abs().max().item() <= 2e-4, t
     assert counters["stats"]["unique_graphs"] == 1
+
+
+def test_a_graph_for_the_cpu_attends_with_sdpa_only_for_a_prompt(small_checkpoint, fresh_compiler, monkeypatch):
+    """One query per sequence in a graph compiled for the CPU (the decode step) attends by the math spelled out,
+    which Inductor fuses (faster there: BENCHMARKS.md); a prompt in a compiled graph, and every eager pass, by
+    SDPA. The graphs are recorded by a backend that runs them as they are."""
+    graphs = []
+
+    def record(graph_module, example_inputs):
+        graphs.append(str(graph_module.graph))
+        return graph_module.forward
+
+    sdpa_calls = []
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+    model = GPT.from_pretrained(small_checkpoint.path)
+    idx = torch.from_numpy(np.random.default_rng(4).integers(0, small_checkpoint.vocab_size, size=(2, 9)))
+    with torch.inference_mode():
+        model.allocate_kv_cache(2, 64)
+        torch.compile(model, backend=record, fullgraph=True)(idx[:, :8], 0)  # a prompt of 8
+        monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention",
+                            lambda *a, **k: sdpa_calls.append(1) or sdpa(*a, **k))
+        eager = model.decode_step(idx[:, 8:], torch.tensor([8]))
+        monkeypatch.undo()
+        compiled = torch.compile(model.decode_step, backend=record, fullgraph=True)(idx[:, 8:], torch.tensor([8]))
+    prompt_graph, step_graph = graphs
+    assert "scaled_dot_product_attention" in prompt_graph
+    assert "scaled_dot_product_attention" not in step_graph and "softmax" in step_graph
+    assert len(sdpa_calls) == small_checkpoint.n_layer  # eagerly, SDPA in every layer
+    assert (compiled - eager).abs().max().item() <= 2e-4  # the two attentions agree (the tolerance above)
