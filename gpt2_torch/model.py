@@ -112,7 +112,8 @@ class CausalSelfAttention(nn.Module):
         self.n_embd = config.n_embd
         self.dropout = config.dropout
         # Fused attention (one kernel, no T x T matrix in memory) since PyTorch 2.0, which this project requires;
-        # the manual path is the same math spelled out, as nanoGPT keeps it: a reference the tests hold SDPA to.
+        # the manual path is the same math spelled out, as nanoGPT keeps it: a reference the tests hold SDPA to,
+        # and the compiled CPU decode step's attention (fused_attention_pays).
         self.flash = hasattr(F, "scaled_dot_product_attention")
 
     def forward(self, x, kv_cache=None, pos=None, n_keys=None, mask=None):

@@ -114,10 +114,10 @@ def test_a_graph_for_the_cpu_attends_with_sdpa_only_for_a_prompt(small_checkpoin
     with torch.inference_mode():
         model.allocate_kv_cache(2, 64)
         torch.compile(model, backend=record, fullgraph=True)(idx[:, :8], 0)  # a prompt of 8
-        monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention",
-                            lambda *a, **k: sdpa_calls.append(1) or sdpa(*a, **k))
-        eager = model.decode_step(idx[:, 8:], torch.tensor([8]))
-        monkeypatch.undo()
+        with monkeypatch.context() as patch:  # undone on leaving, fresh_compiler's setting kept
+            patch.setattr(torch.nn.functional, "scaled_dot_product_attention",
+                          lambda *a, **k: sdpa_calls.append(1) or sdpa(*a, **k))
+            eager = model.decode_step(idx[:, 8:], torch.tensor([8]))
         compiled = torch.compile(model.decode_step, backend=record, fullgraph=True)(idx[:, 8:], torch.tensor([8]))
     prompt_graph, step_graph = graphs
     assert "scaled_dot_product_attention" in prompt_graph
