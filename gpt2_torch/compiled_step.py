@@ -1,5 +1,5 @@
-"""torch.compile for the static decode step (GPT.decode_step): one graph, and the settings that make it fast
-on each kind of device.
+"""torch.compile for the decode step (GPT.decode_step): one graph, and the settings that make it fast on each
+kind of device.
 
 - CUDA: mode="reduce-overhead" captures the step as a CUDA graph: one launch replays all of its kernels,
   with no Python and no per-kernel launch cost in between.
@@ -10,12 +10,16 @@ on each kind of device.
   3-4x faster than MKL's on GPT-2 124M's one-row products, and decoding 1.3x faster than eager (BENCHMARKS.md).
   The price: a packed copy of the weights beside the model's own (the eager prompt pass still uses those),
   and a longer first compile (about a minute for 124M on 2 cores). `freezing` is read outside the options
-  torch.compile passes to Inductor, so it is set around each call (a few microseconds).
+  torch.compile passes to Inductor, so it is set around each call (a few microseconds). So is Dynamo's
+  `capture_scalar_outputs`: the CPU step reads how many cached positions to attend over from its position
+  tensor (`pos.item()`), and with it Dynamo keeps that number in the graph as a symbolic size, one graph for
+  every position, instead of breaking the graph there.
 """
 
 import logging
 
 import torch
+import torch._dynamo.config as dynamo_config
 import torch._inductor.config as inductor_config
 
 CPU_SETTINGS = {
@@ -43,7 +47,7 @@ def compile_step(step, device: torch.device, **options):
     settings = {name: value for name, value in CPU_SETTINGS.items() if hasattr(inductor_config, name)}
 
     def frozen_step(*args):
-        with inductor_config.patch(settings):
+        with inductor_config.patch(settings), dynamo_config.patch(capture_scalar_outputs=True):
             return compiled(*args)
 
     return frozen_step

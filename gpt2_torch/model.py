@@ -74,7 +74,7 @@ class KVCache(nn.Module):
 
     Each step writes its new keys and values at their positions. The buffers keep their shape and address
     for a whole generation, which is what a compiled decode step (and a CUDA graph, which replays fixed
-    addresses) needs. They start as zeros, not garbage: the static decode step attends over all L positions,
+    addresses) needs. They start as zeros, not garbage: on a GPU the decode step attends over all L positions,
     masking those not written yet, and a weight of 0 times a NaN left in memory would still be NaN; a cache used
     again is reset to zeros for the same reason (an earlier generation may have left inf behind)."""
 
@@ -210,13 +210,23 @@ class GPT(nn.Module):
     def decode_step(self, idx, pos):
         """Logits (B, vocab_size) of one new token per sequence, idx (B, 1), at position pos, a (1,) tensor.
 
-        The static-shape step: it attends over the whole KV cache, the positions after pos masked, so that every
-        call has the same shapes and runs the same code. torch.compile makes one graph of it (compile_decode_step),
-        which a GPU replays as a CUDA graph."""
+        The step that torch.compile makes one graph of, for every position of a generation (compile_decode_step).
+        On a CPU it attends over the pos + 1 positions written so far: in the graph their number, read from pos,
+        is a symbolic size, so the graph does not depend on pos (compiled_step.py), and a step reads only the
+        keys it needs (a batch-8 step of 124M 1.15x faster than over the whole cache). A CUDA graph replays fixed
+        shapes: there the step attends over the whole cache, the positions after pos masked."""
         assert idx.size(1) == 1, f"one token per sequence, got {idx.size(1)}"
         L = self.kv_cache[0].k.size(2)
-        mask = (torch.arange(L, device=pos.device) <= pos).view(1, L)  # (1, L) the positions written, pos included
-        return self.body(idx, pos, L, mask)[:, -1, :]  # (B, vocab_size)
+        if pos.device.type == "cpu":
+            n_keys = pos.item() + 1
+            torch._check(n_keys >= 1)  # what the compiler cannot know of a value read from a tensor
+            torch._check(n_keys <= L)
+        else:
+            n_keys = L
+        # On a CPU the mask is all True, yet it stays: without it Inductor's pattern matcher would turn the
+        # spelled-out attention back into SDPA (fused_attention_pays).
+        mask = (torch.arange(n_keys, device=pos.device) <= pos).view(1, n_keys)  # (1, n_keys) positions written
+        return self.body(idx, pos, n_keys, mask)[:, -1, :]  # (B, vocab_size)
 
     def body(self, idx, pos, n_keys, mask, trace=None):
         """The transformer: tokens idx (B, T) at positions pos (T,), attending to n_keys cached keys under mask."""

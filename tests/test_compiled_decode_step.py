@@ -1,4 +1,4 @@
-"""--compile: the static-shape decode step, compiled whole by torch.compile (Inductor's C++ on the CPU).
+"""--compile: the decode step, compiled whole by torch.compile (Inductor's C++ on the CPU).
 
 What a GPU needs from it, checked here on the CPU, where Inductor compiles the same graph without CUDA graphs:
 one graph for every decoding step of a generation (no graph break, no recompilation, past block_size too),
@@ -94,6 +94,25 @@ def test_the_compiled_step_gives_the_eager_logits_at_every_position(small_checkp
         for t in range(8, 40):
             logits = model.compiled_decode_step(idx[:, t : t + 1], torch.tensor([t]))  # (3, V)
             assert (logits - expected[:, t]).abs().max().item() <= 2e-4, t
+    assert counters["stats"]["unique_graphs"] == 1
+
+
+def test_the_compiled_cpu_step_reads_only_the_positions_written(small_checkpoint, fresh_compiler):
+    """On a CPU the compiled step attends over the pos + 1 positions written, a number read from pos inside its
+    one graph. NaN in every cache position after pos leaves its logits finite and equal to the eager forward's
+    at each position (a step over the whole cache would give those NaN a weight of 0, and 0 x NaN is NaN)."""
+    model = GPT.from_pretrained(small_checkpoint.path).compile_decode_step()
+    idx = torch.from_numpy(np.random.default_rng(5).integers(0, small_checkpoint.vocab_size, size=(2, 30)))
+    with torch.inference_mode():
+        expected = model.trace(idx)["logits"]  # (2, 30, V), no cache
+        model.allocate_kv_cache(2, 64)
+        model(idx[:, :8], 0)  # prefill, eager
+        for t in range(8, 30):
+            for layer in model.kv_cache:
+                layer.k[:, :, t:] = torch.nan
+                layer.v[:, :, t:] = torch.nan
+            logits = model.compiled_decode_step(idx[:, t : t + 1], torch.tensor([t]))  # (2, V)
+            assert (logits - expected[:, t]).abs().max().item() <= 2e-4, t  # NaN fails the comparison too
     assert counters["stats"]["unique_graphs"] == 1
 
 

@@ -115,7 +115,7 @@ def cache_length(prompt_tokens: int, max_new_tokens: int, block_size: int) -> in
     """How many positions the KV cache of a generation needs: the prompt and the new tokens, rounded up to a
     power of two of at least 64, and at most block_size (past it the window slides and the cache is rebuilt
     from the window every step). Few lengths (64, 128, ..., 1024 for GPT-2) mean few shapes for a compiled
-    decode step, which attends over the whole cache: at most twice the positions it needs."""
+    decode step, which on a GPU attends over the whole cache: at most twice the positions it needs."""
     needed = prompt_tokens + max_new_tokens
     return min(block_size, max(64, 1 << (needed - 1).bit_length()))
 
