@@ -3,10 +3,13 @@
 Decoding multiplies each weight by one row per sequence: B rows for a batch of B samples. Such a product reads
 the whole weight for 2B flops per weight, so memory bandwidth sets its speed, and on a CPU that takes every
 core reading. Measured on 2-core EPYCs (BENCHMARKS.md):
-- float32: MKL multiplies one row on one core, and a few rows (B <= 16) at a fraction of the bandwidth. One
-  block of the weight's rows per thread, multiplied as one batch (MKL's batched product runs the blocks on all
-  threads), reads GPT-2's matrices 1.1-1.4x faster for one row, and decoding gets 1.3x faster; for a batch of 8
-  samples decoding gets 1.4x faster.
+- float32, one row: MKL multiplies one row on one core. One block of the weight's rows per thread, multiplied as
+  one batch (MKL's batched product runs the blocks on all threads), reads GPT-2's matrices 1.1-1.4x faster, and
+  decoding gets 1.3x faster.
+- float32, several rows (a batch of samples, a prompt): oneDNN's product, the one Inductor calls for its frozen
+  linear layers, reads GPT-2's matrices 1.1-1.5x faster than the row blocks for 8 rows on an AVX-512 EPYC (MKL
+  runs its AVX2 code on AMD processors, oneDNN its AVX-512 code), and a batch of 8 decodes 1.3x faster. The row
+  blocks stay for a torch without oneDNN, and with autograd on (oneDNN's operator has no gradient).
 - bfloat16 and float16: oneDNN's matmul reads one row's bfloat16 weight at 10-20 GB/s, ATen's own kernel at
   26-32 GB/s when the weight is (out, in) contiguous, so oneDNN is switched off around a one-row product.
 
@@ -25,6 +28,11 @@ onednn_switch = threading.Lock()
 
 MKL = torch.backends.mkl.is_available()  # the row blocks are for its batched product
 FEW_ROWS = 16  # up to this many rows, the row blocks beat MKL's own float32 product (equal at 16, BENCHMARKS.md)
+
+
+# oneDNN's float32 product x @ weight.T + bias, for a weight of either memory layout: a private operator (Inductor's,
+# for its frozen linear layers), so looked up, not assumed; None where this torch has no oneDNN.
+ONEDNN_LINEAR = getattr(torch.ops.mkldnn, "_linear_pointwise", None) if torch.backends.mkldnn.is_available() else None
 
 
 class RowBlocks:
@@ -66,8 +74,8 @@ class RowBlocks:
 
 
 class FewRowLinear(nn.Linear):
-    """nn.Linear, with the faster kernels above for a few rows on a CPU. Anything else (more rows, float64,
-    float32 on one thread, code being traced by torch.compile) takes nn.Linear's own kernels.
+    """nn.Linear, with the faster kernels above on a CPU. Anything else (float64, one float32 row on one thread,
+    more than FEW_ROWS float32 rows without oneDNN, code being traced by torch.compile) takes nn.Linear's own.
 
     A decoding step of GPT-2 124M calls 49 of these, and a call's Python counts beside its product: the
     parameters are read from the module's own dict (stored_parameters)."""
@@ -80,12 +88,16 @@ class FewRowLinear(nn.Linear):
         if torch.compiler.is_compiling() or stored is None:
             return super().forward(x)
         weight, bias = stored
-        if x.is_cpu and x.dtype == weight.dtype and x.numel() <= FEW_ROWS * self.in_features:
-            threads = torch.get_num_threads()
-            if x.dtype == torch.float32 and threads > 1 and MKL and self.out_features > 0 and x.numel() > 0:
-                return self.row_blocks_product(x, blocks=min(threads, self.out_features))
-            one_row = x.numel() == self.in_features
-            if x.dtype in (torch.bfloat16, torch.float16) and one_row and weight.is_contiguous():
+        if x.is_cpu and x.dtype == weight.dtype and x.numel() > 0 and self.out_features > 0:
+            rows = x.numel() // self.in_features  # M
+            if x.dtype == torch.float32:
+                # oneDNN's operator has no gradient; the flag is the user's switch (and product_without_onednn's)
+                if rows > 1 and ONEDNN_LINEAR is not None and torch.backends.mkldnn.enabled and not torch.is_grad_enabled():
+                    return ONEDNN_LINEAR(x.contiguous(), weight, bias, "none", [], "")
+                threads = torch.get_num_threads()
+                if MKL and threads > 1 and rows <= FEW_ROWS:
+                    return self.row_blocks_product(x, blocks=min(threads, self.out_features))
+            elif x.dtype in (torch.bfloat16, torch.float16) and rows == 1 and weight.is_contiguous():
                 return self.product_without_onednn(x)
         return F.linear(x, weight, bias)
 

@@ -18,7 +18,7 @@ from torch.nn.utils import prune
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from gpt2_torch import GPT, LayerNorm, FewRowLinear, resolve_device
-from gpt2_torch.few_row_products import onednn_switch
+from gpt2_torch.few_row_products import ONEDNN_LINEAR, onednn_switch
 from weights.sampling import sample_next
 from tests.strategies import SAMPLING, torch_threads
 
@@ -228,7 +228,7 @@ def test_a_computed_weight_takes_nn_linear(computed):
 class RecordProducts(TorchDispatchMode):
     """Records each matrix product torch runs, with whether oneDNN was on at that moment."""
 
-    PRODUCTS = {"addmm", "mm", "bmm", "baddbmm", "mv", "addmv"}
+    PRODUCTS = {"addmm", "mm", "bmm", "baddbmm", "mv", "addmv", "_linear_pointwise"}
 
     def __init__(self):
         super().__init__()
@@ -240,26 +240,45 @@ class RecordProducts(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
-def products_of(linear, x, threads):
-    with torch_threads(threads), torch.no_grad(), RecordProducts() as record:
+def products_of(linear, x, threads, grad=False):
+    with torch_threads(threads), torch.set_grad_enabled(grad), RecordProducts() as record:
         linear(x)
     return record.products
 
 
 @pytest.mark.parametrize("stored_in_out", [False, True])
-def test_linear_takes_the_row_blocks_for_a_few_float32_rows_on_several_threads(stored_in_out):
-    """Which kernel runs: the batched product for 1 and for 16 rows on 2 threads (97 weight rows: 2 blocks of 48
-    and one on its own); nn.Linear's own for 17 rows, for one thread, and for a float64 row."""
+def test_linear_takes_the_row_blocks_for_one_float32_row_and_onednn_for_more(stored_in_out):
+    """Which kernel runs, on 2 threads: the row blocks' batched product for one row (97 weight rows: 2 blocks of
+    48 and one on its own); oneDNN's product for 2, 16 and 17 rows. Where oneDNN cannot serve (autograd on, or
+    oneDNN switched off), the row blocks up to 16 rows and nn.Linear's own beyond. nn.Linear's own for one
+    thread and for float64. Each result equals F.linear's within the row blocks' bound, 1e-5: the same 64-term
+    sums in another order (test_row_blocks_product_equals_f_linear)."""
     if not torch.backends.mkl.is_available():
         pytest.skip("the row blocks are for MKL's batched product")
+    if ONEDNN_LINEAR is None:
+        pytest.skip("this torch has no oneDNN")
     linear, x = random_linear(64, 97, True, torch.float32, stored_in_out)
-    assert products_of(linear, x, threads=2) == [("baddbmm", True), ("addmm", True)]
-    assert products_of(linear, x.repeat(16, 1, 1), threads=2) == [("baddbmm", True), ("addmm", True)]
-    assert products_of(linear, x.repeat(17, 1, 1), threads=2) == [("addmm", True)]
-    assert products_of(linear, x, threads=1) == [("addmm", True)]
-    assert products_of(linear.double(), x.double(), threads=2) == [("addmm", True)]
+    row_blocks, onednn, own = [("baddbmm", True), ("addmm", True)], [("_linear_pointwise", True)], [("addmm", True)]
+    assert products_of(linear, x, threads=2) == row_blocks
+    for rows in (2, 16, 17):
+        assert products_of(linear, x.repeat(rows, 1, 1), threads=2) == onednn
+    assert products_of(linear, x.repeat(16, 1, 1), threads=2, grad=True) == row_blocks
+    assert products_of(linear, x.repeat(17, 1, 1), threads=2, grad=True) == own
+    saved, torch.backends.mkldnn.enabled = torch.backends.mkldnn.enabled, False
+    try:
+        assert products_of(linear, x.repeat(16, 1, 1), threads=2) == [("baddbmm", False), ("addmm", False)]
+        assert products_of(linear, x.repeat(17, 1, 1), threads=2) == [("addmm", False)]
+    finally:
+        torch.backends.mkldnn.enabled = saved
+    assert products_of(linear, x, threads=1) == own
+    assert products_of(linear.double(), x.double(), threads=2) == own
+    linear.float()
     with torch.no_grad(), torch_threads(2):
-        assert max_diff(linear.float()(x), F.linear(x, linear.weight, linear.bias)) <= 1e-5  # row blocks' bound
+        for rows in (1, 2, 16, 17):
+            xs = torch.randn(rows, 3, 64, generator=torch.Generator().manual_seed(rows))[:, 1:2]  # not contiguous
+            assert max_diff(linear(xs), F.linear(xs, linear.weight, linear.bias)) <= 1e-5, rows
+        linear.bias = None
+        assert max_diff(linear(x.repeat(8, 1, 1)), F.linear(x.repeat(8, 1, 1), linear.weight)) <= 1e-5
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
