@@ -2,11 +2,12 @@
 
     env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE uv run python -m benchmarks.step_profile   # ~2 min on 2 cores
 
-For each backend (eager, float32) and batch size (1 and 8), two measurements:
+For each eager backend (NumPy float32, torch float32 and bfloat16) and batch size (1 and 8), two measurements:
 - The step of GPT-2 124M (the report's random checkpoint), one token per sequence at context 8..8+steps, with
   a wall-clock timer around every matrix product of the blocks, the lm_head, and the attention over the cache.
   "between" is the rest of the step: LayerNorms, GELU, residual adds, the KV cache writes, Python and dispatch.
-  The products' figures include their own call overhead; GB/s is the bytes of their weights over their time.
+  The products' figures include their own call overhead; GB/s is the bytes of their weights (in the backend's
+  dtype) over their time.
 - The same step on a model of GPT-2 124M's structure (12 layers, 12 heads) whose matrices are tiny (n_embd 96,
   vocab 512): nearly all of its time is what a step costs besides reading the weights. That is the floor a
   faster memory bus cannot lower, and it is measured without the bus's noise.
@@ -20,6 +21,7 @@ the parts as shares of the step rather than as exact figures, and compare backen
 
 import argparse
 import contextlib
+import functools
 import statistics
 import tempfile
 import time
@@ -64,6 +66,7 @@ def timers(targets, clock):
 
 class NumpyStep:
     backend = "numpy"
+    itemsize = 4  # float32
 
     def __init__(self, path):
         import gpt2_numpy
@@ -92,14 +95,14 @@ class NumpyStep:
 
 
 class TorchStep:
-    backend = "torch"
-
-    def __init__(self, path):
+    def __init__(self, path, dtype="float32"):
         import torch
         import gpt2_torch
 
         self.torch = torch
-        self.model = gpt2_torch.GPT.from_pretrained(path)
+        self.model = gpt2_torch.GPT.from_pretrained(path, dtype=dtype)
+        self.backend = "torch" if dtype == "float32" else f"torch {dtype}"
+        self.itemsize = self.model.lm_head.weight.element_size()
 
     def targets(self):
         from torch.nn import functional as F
@@ -129,7 +132,7 @@ class TorchStep:
             return (time.perf_counter() - start) / steps
 
 
-BACKENDS = (NumpyStep, TorchStep)
+BACKENDS = (NumpyStep, TorchStep, functools.partial(TorchStep, dtype="bfloat16"))
 
 
 def tiny_checkpoint(directory) -> Path:
@@ -154,18 +157,19 @@ def sampler_seconds(batch, vocab_size, repeats=50):
     return statistics.median(times)
 
 
-def weight_bytes(config: GPTConfig):
-    """Bytes a step reads in each timed product (the report's bytes_per_token, float32): the block matrices, and
-    wte as the lm_head."""
-    parts = report.bytes_per_token(config, itemsize=4)
+def weight_bytes(config: GPTConfig, itemsize):
+    """Bytes a step reads in each timed product (the report's bytes_per_token): the block matrices, and wte as
+    the lm_head."""
+    parts = report.bytes_per_token(config, itemsize=itemsize)
     return {"block products": parts["matrices (c_attn, attn.c_proj, c_fc, mlp.c_proj)"],
             "lm_head": parts["wte, read once by the tied lm_head"]}
 
 
 def profile(path, tiny_path, batches=(1, 8), steps=64, rounds=5):
-    """{(backend, batch): {"step", each part, "between", "tiny step"} in seconds per step (medians)}."""
+    """{(backend, batch): {"step", each part, "between", "tiny step"} in seconds per step (medians), "itemsize"
+    (bytes per weight)}."""
     real = [backend(path) for backend in BACKENDS]
-    tiny = {backend.backend: backend(tiny_path) for backend in BACKENDS}
+    tiny = {step.backend: step for step in (backend(tiny_path) for backend in BACKENDS)}
     samples = {}
     for batch in batches:
         for _ in range(rounds):
@@ -175,6 +179,7 @@ def profile(path, tiny_path, batches=(1, 8), steps=64, rounds=5):
                     total = step.run(batch, steps)
                 row = {"step": total, **{p: clock[p] / steps for p in PARTS}}
                 row["between"] = total - sum(row[p] for p in PARTS)
+                row["itemsize"] = step.itemsize
                 tiny[step.backend].prompt(batch, steps)
                 row["tiny step"] = tiny[step.backend].run(batch, steps)
                 for key, value in row.items():
@@ -184,11 +189,11 @@ def profile(path, tiny_path, batches=(1, 8), steps=64, rounds=5):
 
 
 def table(results, config, sampler):
-    nbytes = weight_bytes(config)
     lines = ["| backend | batch | step (ms) | block products (ms, GB/s) | lm_head (ms, GB/s) | attention (ms) "
              "| between (ms) | tiny-matrix step (ms) | sampler (ms) |", "|---|---|---|---|---|---|---|---|---|"]
     for (backend, batch), r in results.items():
-        ms = {k: 1e3 * v for k, v in r.items()}
+        nbytes = weight_bytes(config, r["itemsize"])
+        ms = {k: 1e3 * r[k] for k in ("step", *PARTS, "between", "tiny step")}
         gbps = {p: nbytes[p] / r[p] / 1e9 for p in nbytes}
         lines.append(f"| {backend} | {batch} | {ms['step']:.1f} | {ms['block products']:.1f} "
                      f"({gbps['block products']:.1f}) | {ms['lm_head']:.1f} ({gbps['lm_head']:.1f}) "
