@@ -1,8 +1,9 @@
-"""weights.sampling.top_k_ids, the sampler's fast top-k, against the selection it replaces.
+"""weights.sampling.top_k_ids, the sampler's fast top-k, against its definition.
 
-Sampling must stay identical across backends and versions, so the fast path is compared for exact
-equality (no tolerance: these are integer ids) with np.sort(np.argpartition(...)), the sampler's former
-top-k, on rows built to hit every branch: distinct values, ties at the k-th value, infinities and NaN.
+Sampling must stay identical across backends, machines and versions, so the fast path is compared for exact
+equality (no tolerance: these are integer ids) with the definition written as a full sort: the k largest
+values, ties broken by the lower id, on rows built to hit every case: distinct values, ties at the k-th
+value, half-precision logits, the largest values in one chunk, infinities.
 """
 
 import numpy as np
@@ -13,8 +14,8 @@ from weights.sampling import top_k_ids
 
 
 def reference(row, k):
-    V = len(row)
-    return np.sort(np.argpartition(row, V - k)[V - k:])
+    by_rank = np.lexsort((np.arange(len(row)), -row))  # largest value first, a tie by the lower id
+    return np.sort(by_rank[:k])
 
 
 @st.composite
@@ -22,21 +23,21 @@ def rows_and_k(draw):
     V = draw(st.integers(2, 3000))
     k = draw(st.integers(1, V - 1))
     rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
-    kind = draw(st.sampled_from(["gaussian", "few distinct values", "sorted", "with inf", "with nan"]))
+    kind = draw(st.sampled_from(["gaussian", "few distinct values", "bfloat16", "sorted", "with inf"]))
     row = rng.standard_normal(V)
     if kind == "few distinct values":  # ties everywhere, so usually at the k-th value too
         row = rng.integers(-3, 3, V).astype(np.float64)
+    elif kind == "bfloat16":  # cut to 8 significant bits: ties as in the torch backend's bfloat16 logits
+        row = (row.astype(np.float32).view(np.uint32) & 0xFFFF0000).view(np.float32).astype(np.float64)
     elif kind == "sorted":  # the largest values all in the last chunk
         row.sort()
     elif kind == "with inf":
         row[rng.integers(0, V, 3)] = rng.choice([np.inf, -np.inf], 3)
-    elif kind == "with nan":
-        row[rng.integers(0, V)] = np.nan
     return row, k
 
 
 @given(rows_and_k())
-def test_top_k_ids_equals_sorted_argpartition(row_and_k):
+def test_top_k_ids_keeps_the_k_largest_ties_to_the_lowest_ids(row_and_k):
     row, k = row_and_k
     np.testing.assert_array_equal(top_k_ids(row, k), reference(row, k))
 
@@ -44,4 +45,14 @@ def test_top_k_ids_equals_sorted_argpartition(row_and_k):
 def test_top_k_ids_on_a_vocabulary_sized_row():
     """The size the sampler sees (GPT-2's 50257 logits, k = 200), in float32 logits promoted to float64."""
     row = np.random.default_rng(0).standard_normal(50257).astype(np.float32).astype(np.float64)
+    np.testing.assert_array_equal(top_k_ids(row, 200), reference(row, 200))
+
+
+def test_top_k_ids_on_a_vocabulary_sized_bfloat16_row():
+    """Logits of bfloat16 precision tie across the 200th largest value on most rows (8 of the first 10 seeds;
+    this one: checked), where a selection's choice of ids would be arbitrary; the lowest ids win."""
+    row = (3 * np.random.default_rng(1).standard_normal(50257)).astype(np.float32)  # 6 ids tied for 1 place
+    row = (row.view(np.uint32) & 0xFFFF0000).view(np.float32).astype(np.float64)
+    kth = np.sort(row)[-200]
+    assert np.count_nonzero(row > kth) < 200 < np.count_nonzero(row >= kth)  # a tie across the cut
     np.testing.assert_array_equal(top_k_ids(row, 200), reference(row, 200))

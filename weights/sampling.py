@@ -47,8 +47,9 @@ def sample_next(logits, rng: np.random.Generator | Sequence[np.random.Generator]
 
     temperature 0 (or top_k 1) is greedy decoding: the argmax, no random draw. A temperature so small that the
     logits divided by it overflow (1e-320, say) is greedy decoding too: see the division below.
-    top_k keeps the k largest logits (None, 0, or >= V keep all); top_p keeps the smallest set of most
-    probable tokens whose probability reaches top_p (the nucleus; None or 1 keep all).
+    top_k keeps the k largest logits, of those tied at the k-th the lowest ids (None, 0, or >= V keep all);
+    top_p keeps the smallest set of most probable tokens whose probability reaches top_p (the nucleus; None or 1
+    keep all).
     The draw is an inverse-CDF lookup of one uniform number per row, the CDF summed in token-id order
     in float64, so its outcome depends on the logits' values only, not on how a backend sorted them.
     Raises NonFiniteLogitsError if a logit is NaN or infinite.
@@ -93,22 +94,24 @@ def sample_next(logits, rng: np.random.Generator | Sequence[np.random.Generator]
 
 
 def top_k_ids(row: np.ndarray, k: int) -> np.ndarray:
-    """The ids of the k largest values of row (V,), in id order: np.sort(np.argpartition(row, V - k)[V - k:]).
+    """The ids of the k largest values of row (V,), in id order; of values tied at the k-th largest, the lowest
+    ids. row has no NaN (sample_next checks its logits first).
 
     Called once per sampled token, so it avoids a selection over all V values (a large share of a decoding
     step's time): the k maxima of k chunks of row are k values at or above their minimum, so that minimum
-    bounds the k-th largest value from below and leaves a short list to select from. When the k-th largest
-    value is tied, which k ids win is argpartition's choice, so those rows (and rows with NaN) go to it.
+    bounds the k-th largest value from below and leaves a short list to select from. The tie rule makes the
+    set a function of the values alone: half-precision logits take few distinct values, and a row of GPT-2's
+    bfloat16 logits usually has several tied at the k-th (k = 200), where a selection's choice would be
+    arbitrary (np.argpartition documents none).
     """
     V = len(row)
-    if not np.isnan(row).any():
-        bound = row[: k * (V // k)].reshape(k, V // k).max(axis=1).min()  # (k, V // k) chunks -> max -> min
-        above = np.flatnonzero(row >= bound)  # (n,) n >= k ids, a superset of the top k, in id order
-        kth = np.partition(row[above], len(above) - k)[len(above) - k]  # the k-th largest value
-        ids = above[row[above] >= kth]
-        if len(ids) == k:  # no tie at the k-th value: the top k is the same set, whoever selects it
-            return ids
-    return np.sort(np.argpartition(row, V - k)[V - k:])
+    bound = row[: k * (V // k)].reshape(k, V // k).max(axis=1).min()  # (k, V // k) chunks -> max -> min
+    above = np.flatnonzero(row >= bound)  # (n,) n >= k ids, a superset of the top k, in id order
+    values = row[above]  # (n,)
+    kth = np.partition(values, len(values) - k)[len(values) - k]  # the k-th largest value
+    keep = values > kth  # (n,) every value above the k-th...
+    keep[np.flatnonzero(values == kth)[: k - np.count_nonzero(keep)]] = True  # ...and the lowest ids tied with it
+    return above[keep]
 
 
 def cache_length(prompt_tokens: int, max_new_tokens: int, block_size: int) -> int:
