@@ -1,6 +1,6 @@
 """Where a decoding step's time goes: the matrix products against everything between them, per backend.
 
-    env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE uv run python -m benchmarks.step_profile   # ~2 min on 2 cores
+    env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE uv run python -m benchmarks.step_profile   # ~1.5 min on 2 cores
 
 For each eager backend (NumPy float32, torch float32 and bfloat16) and batch size (1 and 8), two measurements:
 - The step of GPT-2 124M (the report's random checkpoint), one token per sequence at context 8..8+steps, with

@@ -8,8 +8,9 @@ core reading. Measured on 2-core EPYCs (BENCHMARKS.md):
   decoding gets 1.3x faster.
 - float32, several rows (a batch of samples, a prompt): oneDNN's product, the one Inductor calls for its frozen
   linear layers, reads GPT-2's matrices 1.1-1.5x faster than the row blocks for 8 rows on an AVX-512 EPYC (MKL
-  runs its AVX2 code on AMD processors, oneDNN its AVX-512 code), and a batch of 8 decodes 1.3x faster. The row
-  blocks stay for a torch without oneDNN, and with autograd on (oneDNN's operator has no gradient).
+  runs its AVX2 code on AMD processors, oneDNN its AVX-512 code), and a batch of 8 decodes 1.3x faster. It is used
+  in inference mode (generate_tokens runs in it), as oneDNN's operator has no derivative; the row blocks serve
+  outside it, and for a torch without oneDNN.
 - bfloat16 and float16: oneDNN's matmul reads one row's bfloat16 weight at 10-20 GB/s, ATen's own kernel at
   26-32 GB/s when the weight is (out, in) contiguous, so oneDNN is switched off around a one-row product.
 
@@ -75,7 +76,8 @@ class RowBlocks:
 
 class FewRowLinear(nn.Linear):
     """nn.Linear, with the faster kernels above on a CPU. Anything else (float64, one float32 row on one thread,
-    more than FEW_ROWS float32 rows without oneDNN, code being traced by torch.compile) takes nn.Linear's own.
+    more than FEW_ROWS float32 rows outside inference mode or without oneDNN, a wrong shape, code being traced by
+    torch.compile) takes nn.Linear's own.
 
     A decoding step of GPT-2 124M calls 49 of these, and a call's Python counts beside its product: the
     parameters are read from the module's own dict (stored_parameters)."""
@@ -88,11 +90,17 @@ class FewRowLinear(nn.Linear):
         if torch.compiler.is_compiling() or stored is None:
             return super().forward(x)
         weight, bias = stored
-        if x.is_cpu and x.dtype == weight.dtype and x.numel() > 0 and self.out_features > 0:
+        # a wrong shape goes on to nn.Linear's own product, for its error message
+        fits = x.shape[-1] == self.in_features and x.numel() > 0 and self.out_features > 0
+        if x.is_cpu and x.dtype == weight.dtype and fits:
             rows = x.numel() // self.in_features  # M
             if x.dtype == torch.float32:
-                # oneDNN's operator has no gradient; the flag is the user's switch (and product_without_onednn's)
-                if rows > 1 and ONEDNN_LINEAR is not None and torch.backends.mkldnn.enabled and not torch.is_grad_enabled():
+                # oneDNN's operator has no derivative, backward or forward: inference mode rules out both (no_grad
+                # leaves forward-mode AD on); it reads the bias as contiguous; the flag is the user's switch (and
+                # product_without_onednn's)
+                onednn = ONEDNN_LINEAR is not None and torch.backends.mkldnn.enabled
+                if rows > 1 and onednn and torch.is_inference_mode_enabled():
+                    bias = None if bias is None else bias.contiguous()
                     return ONEDNN_LINEAR(x.contiguous(), weight, bias, "none", [], "")
                 threads = torch.get_num_threads()
                 if MKL and threads > 1 and rows <= FEW_ROWS:

@@ -1,11 +1,13 @@
 """`python -m benchmarks.step_profile`'s bookkeeping on small random checkpoints: what its timers add up and
 what they leave behind. Nothing here judges a speed."""
 
+import re
 import time
 
 import pytest
 
 import gpt2_numpy.model
+import weights
 from benchmarks import step_profile
 from gpt2_torch.few_row_products import FewRowLinear
 from torch.nn import functional as F
@@ -54,3 +56,16 @@ def test_the_profile_splits_every_step_into_parts_that_add_up(small_checkpoint, 
     config = step_profile.TINY
     lines = step_profile.table(results, config, {1: 1e-4, 2: 2e-4}).splitlines()
     assert len(lines) == 2 + 6 and all(line.count("|") == 10 for line in lines)
+
+
+def test_the_table_counts_each_backends_weights_in_its_own_dtype():
+    """The same times for a float32 and a bfloat16 row: the bfloat16 products read half the bytes, so half the
+    GB/s; the float32 figure is GPT-2 124M's block matrices (339.7 MB, the report's count) over 10 ms. The table
+    prints one decimal: 0.05 GB/s is its rounding."""
+    times = {"step": 0.02, "block products": 0.01, "lm_head": 0.004, "attention": 0.001, "between": 0.005,
+             "tiny step": 0.002}
+    results = {("torch", 1): {**times, "itemsize": 4}, ("torch bfloat16", 1): {**times, "itemsize": 2}}
+    rows = step_profile.table(results, weights.preset("gpt2"), {1: 1e-4}).splitlines()[2:]
+    (float32, _), (bfloat16, _) = (map(float, re.findall(r"\(([\d.]+)\)", row)) for row in rows)
+    assert abs(float32 - 339.7e6 / 0.01 / 1e9) <= 0.05 + 0.01  # 339.7 is itself rounded to 0.1 MB
+    assert abs(bfloat16 - float32 / 2) <= 0.05

@@ -226,9 +226,10 @@ def test_a_computed_weight_takes_nn_linear(computed):
 
 
 class RecordProducts(TorchDispatchMode):
-    """Records each matrix product torch runs, with whether oneDNN was on at that moment."""
+    """Records each matrix product torch runs, with whether oneDNN was on at that moment. In inference mode
+    nn.Linear's own product reaches a dispatch mode whole, as linear; elsewhere as the addmm it becomes."""
 
-    PRODUCTS = {"addmm", "mm", "bmm", "baddbmm", "mv", "addmv", "_linear_pointwise"}
+    PRODUCTS = {"linear", "addmm", "mm", "bmm", "baddbmm", "mv", "addmv", "_linear_pointwise"}
 
     def __init__(self):
         super().__init__()
@@ -240,8 +241,10 @@ class RecordProducts(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
-def products_of(linear, x, threads, grad=False):
-    with torch_threads(threads), torch.set_grad_enabled(grad), RecordProducts() as record:
+def products_of(linear, x, threads, mode="no_grad"):
+    """The products linear(x) runs, in inference mode (as generate_tokens), under no_grad, or with autograd on."""
+    context = {"inference": torch.inference_mode(), "no_grad": torch.no_grad(), "grad": torch.enable_grad()}[mode]
+    with torch_threads(threads), context, RecordProducts() as record:
         linear(x)
     return record.products
 
@@ -249,36 +252,67 @@ def products_of(linear, x, threads, grad=False):
 @pytest.mark.parametrize("stored_in_out", [False, True])
 def test_linear_takes_the_row_blocks_for_one_float32_row_and_onednn_for_more(stored_in_out):
     """Which kernel runs, on 2 threads: the row blocks' batched product for one row (97 weight rows: 2 blocks of
-    48 and one on its own); oneDNN's product for 2, 16 and 17 rows. Where oneDNN cannot serve (autograd on, or
-    oneDNN switched off), the row blocks up to 16 rows and nn.Linear's own beyond. nn.Linear's own for one
-    thread and for float64. Each result equals F.linear's within the row blocks' bound, 1e-5: the same 64-term
-    sums in another order (test_row_blocks_product_equals_f_linear)."""
+    48 and one on its own); in inference mode oneDNN's product for 2, 16 and 17 rows. Where oneDNN cannot serve
+    (autograd on, no_grad, which leaves forward-mode AD on, or oneDNN switched off), the row blocks up to 16 rows
+    and nn.Linear's own beyond. nn.Linear's own for one thread and for float64. Each result equals F.linear's
+    within the row blocks' bound, 1e-5: the same 64-term sums in another order
+    (test_row_blocks_product_equals_f_linear), also for rows of a (B, T, C) input and for a bias that is a
+    strided view (oneDNN reads a bias as contiguous)."""
     if not torch.backends.mkl.is_available():
         pytest.skip("the row blocks are for MKL's batched product")
     if ONEDNN_LINEAR is None:
         pytest.skip("this torch has no oneDNN")
     linear, x = random_linear(64, 97, True, torch.float32, stored_in_out)
     row_blocks, onednn, own = [("baddbmm", True), ("addmm", True)], [("_linear_pointwise", True)], [("addmm", True)]
-    assert products_of(linear, x, threads=2) == row_blocks
+    assert products_of(linear, x, threads=2, mode="inference") == [("baddbmm", True), ("linear", True)]
     for rows in (2, 16, 17):
-        assert products_of(linear, x.repeat(rows, 1, 1), threads=2) == onednn
-    assert products_of(linear, x.repeat(16, 1, 1), threads=2, grad=True) == row_blocks
-    assert products_of(linear, x.repeat(17, 1, 1), threads=2, grad=True) == own
+        assert products_of(linear, x.repeat(rows, 1, 1), threads=2, mode="inference") == onednn
+    assert products_of(linear, x, threads=2) == row_blocks
+    for mode in ("grad", "no_grad"):
+        assert products_of(linear, x.repeat(16, 1, 1), threads=2, mode=mode) == row_blocks
+        assert products_of(linear, x.repeat(17, 1, 1), threads=2, mode=mode) == own
     saved, torch.backends.mkldnn.enabled = torch.backends.mkldnn.enabled, False
     try:
-        assert products_of(linear, x.repeat(16, 1, 1), threads=2) == [("baddbmm", False), ("addmm", False)]
-        assert products_of(linear, x.repeat(17, 1, 1), threads=2) == [("addmm", False)]
+        without_onednn = [("baddbmm", False), ("linear", False)]
+        assert products_of(linear, x.repeat(16, 1, 1), threads=2, mode="inference") == without_onednn
+        assert products_of(linear, x.repeat(17, 1, 1), threads=2, mode="inference") == without_onednn[1:]
     finally:
         torch.backends.mkldnn.enabled = saved
     assert products_of(linear, x, threads=1) == own
     assert products_of(linear.double(), x.double(), threads=2) == own
     linear.float()
-    with torch.no_grad(), torch_threads(2):
+    generator = torch.Generator().manual_seed(1)
+    with torch.inference_mode(), torch_threads(2):
         for rows in (1, 2, 16, 17):
-            xs = torch.randn(rows, 3, 64, generator=torch.Generator().manual_seed(rows))[:, 1:2]  # not contiguous
+            xs = torch.randn(rows, 3, 64, generator=generator)[:, 1:2]  # not contiguous
             assert max_diff(linear(xs), F.linear(xs, linear.weight, linear.bias)) <= 1e-5, rows
+        xs = torch.randn(3, 5, 64, generator=generator)  # (B, T, C): 15 rows
+        assert max_diff(linear(xs), F.linear(xs, linear.weight, linear.bias)) <= 1e-5
+        bias = linear.bias
+        for strided in (torch.randn(2 * 97, generator=generator)[::2], torch.randn(1, generator=generator).expand(97)):
+            linear.bias = torch.nn.Parameter(strided, requires_grad=False)  # a view, as a user may set it
+            assert not linear.bias.is_contiguous()
+            assert max_diff(linear(xs), F.linear(xs, linear.weight, strided)) <= 1e-5
         linear.bias = None
         assert max_diff(linear(x.repeat(8, 1, 1)), F.linear(x.repeat(8, 1, 1), linear.weight)) <= 1e-5
+        linear.bias = bias
+
+
+def test_linear_keeps_forward_mode_tangents_and_nn_linears_shape_errors():
+    """Forward-mode AD runs under no_grad too: a product of several float32 rows there carries the tangent
+    (F.linear's, within the row blocks' 1e-5), which oneDNN's operator would drop. And an input whose last
+    dimension is not in_features gets nn.Linear's own error, not one from a kernel that read it as other rows."""
+    import torch.autograd.forward_ad as forward_ad
+
+    linear, x = random_linear(64, 97, True, torch.float32, rows=4)
+    tangent = torch.randn_like(x)
+    with torch.no_grad(), torch_threads(2), forward_ad.dual_level():
+        y = forward_ad.unpack_dual(linear(forward_ad.make_dual(x, tangent)))
+        assert y.tangent is not None
+        assert max_diff(y.tangent, F.linear(tangent, linear.weight)) <= 1e-5
+    for shape in ((4, 2), (2, 128), (3, 5)):
+        with torch.inference_mode(), pytest.raises(RuntimeError, match="cannot be multiplied"):
+            linear(torch.randn(*shape))
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
