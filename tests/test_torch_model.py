@@ -298,6 +298,8 @@ def test_linear_takes_the_row_blocks_for_one_float32_row_and_onednn_for_more(sto
         linear.bias = bias
 
 
+# torch.autograd.forward_ad's first import scripts a helper with torch.jit.script, which warns of its own deprecation
+@pytest.mark.filterwarnings("ignore:.torch.jit.script. is deprecated:FutureWarning")
 def test_linear_keeps_forward_mode_tangents_and_nn_linears_shape_errors():
     """Forward-mode AD runs under no_grad too: a product of several float32 rows there carries the tangent
     (F.linear's, within the row blocks' 1e-5), which oneDNN's operator would drop. And an input whose last
