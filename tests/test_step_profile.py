@@ -37,16 +37,17 @@ def test_timers_add_each_call_to_its_part_and_put_the_originals_back():
 
 
 def test_the_profile_splits_every_step_into_parts_that_add_up(small_checkpoint, tmp_path):
-    """Every backend (NumPy, torch float32 and bfloat16), batch 1 and 2: every part was timed (each runs every step), the parts fit in the step
-    ("between" is what is left of each round's step, so it is never negative; the figures are medians over the
-    rounds, so they need not add up exactly), the tiny-matrix model ran, and the report's rows
-    name every measurement; the wrapped functions are the originals again afterwards."""
+    """Every backend (NumPy, torch float32 and bfloat16), batch 1 and 2: every part was timed (each runs every
+    step), the parts fit in the step ("between" is what is left of each round's step, so it is never negative;
+    the figures are medians over the rounds, so they need not add up exactly), the tiny-matrix model ran, and
+    the report's rows name every measurement; the wrapped functions are the originals again afterwards."""
     originals = (FewRowLinear.__dict__["forward"], F.scaled_dot_product_attention, gpt2_numpy.model.attention,
                  gpt2_numpy.model.Linear.__dict__["__call__"], gpt2_numpy.model.GPT.__dict__["lm_head"])
     results = step_profile.profile(small_checkpoint.path, step_profile.tiny_checkpoint(tmp_path), batches=(1, 2),
                                    steps=3, rounds=2)
-    assert set(results) == {(backend, batch) for backend in ("numpy", "torch", "torch bfloat16") for batch in (1, 2)}
-    assert {backend: r["itemsize"] for (backend, _), r in results.items()} == {"numpy": 4, "torch": 4, "torch bfloat16": 2}
+    itemsizes = {"numpy": 4, "torch": 4, "torch bfloat16": 2}
+    assert set(results) == {(backend, batch) for backend in itemsizes for batch in (1, 2)}
+    assert {backend: r["itemsize"] for (backend, _), r in results.items()} == itemsizes
     for key, r in results.items():
         assert all(r[part] > 0 for part in step_profile.PARTS), (key, r)
         assert r["between"] >= 0 and r["tiny step"] > 0, (key, r)

@@ -13,6 +13,11 @@ from hypothesis import strategies as st
 from weights.sampling import top_k_ids
 
 
+def bfloat16_precision(row):
+    """row cut to bfloat16's 8 significant bits, as float64: ties as in the torch backend's bfloat16 logits."""
+    return (row.astype(np.float32).view(np.uint32) & 0xFFFF0000).view(np.float32).astype(np.float64)
+
+
 def reference(row, k):
     by_rank = np.lexsort((np.arange(len(row)), -row))  # largest value first, a tie by the lower id
     return np.sort(by_rank[:k])
@@ -27,8 +32,8 @@ def rows_and_k(draw):
     row = rng.standard_normal(V)
     if kind == "few distinct values":  # ties everywhere, so usually at the k-th value too
         row = rng.integers(-3, 3, V).astype(np.float64)
-    elif kind == "bfloat16":  # cut to 8 significant bits: ties as in the torch backend's bfloat16 logits
-        row = (row.astype(np.float32).view(np.uint32) & 0xFFFF0000).view(np.float32).astype(np.float64)
+    elif kind == "bfloat16":
+        row = bfloat16_precision(row)
     elif kind == "sorted":  # the largest values all in the last chunk
         row.sort()
     elif kind == "with inf":
@@ -51,8 +56,7 @@ def test_top_k_ids_on_a_vocabulary_sized_row():
 def test_top_k_ids_on_a_vocabulary_sized_bfloat16_row():
     """Logits of bfloat16 precision tie across the 200th largest value on most rows (8 of the first 10 seeds;
     this one: checked), where a selection's choice of ids would be arbitrary; the lowest ids win."""
-    row = (3 * np.random.default_rng(1).standard_normal(50257)).astype(np.float32)  # 6 ids tied for 1 place
-    row = (row.view(np.uint32) & 0xFFFF0000).view(np.float32).astype(np.float64)
+    row = bfloat16_precision(3 * np.random.default_rng(1).standard_normal(50257))  # 6 ids tied for 1 place
     kth = np.sort(row)[-200]
     assert np.count_nonzero(row > kth) < 200 < np.count_nonzero(row >= kth)  # a tie across the cut
     np.testing.assert_array_equal(top_k_ids(row, 200), reference(row, 200))
