@@ -1,4 +1,4 @@
-"""GPU benchmarks of the torch backend (issue 10): batch-1 decoding and a 1024-token prefill, bfloat16.
+"""GPU benchmarks of the torch backend (issue 10): decoding at batch 1 and 8, and a 1024-token prefill, bfloat16.
 
     uv run python -m benchmarks.gpu                 # needs CUDA; prints a Markdown table, writes gpu_results.json
     uv run python -m benchmarks.gpu --device cpu --shapes tiny   # the same code on a CPU, a smoke run only
@@ -9,7 +9,8 @@ compiling ones compile in the warm-up):
 - ours eager, and ours --compile (the decode step compiled whole, mode="reduce-overhead": a CUDA graph);
 - transformers' GPT2LMHeadModel.generate, eager (its dynamic cache), and with its static cache and its
   forward compiled as transformers documents (cache_implementation="static", torch.compile(model.forward,
-  mode="reduce-overhead", fullgraph=True)).
+  mode="reduce-overhead", fullgraph=True));
+- at batch 8 (8 copies of the prompt, tokens/s over all rows): ours --compile, and transformers eager.
 Every contender decodes greedily (transformers samples on the GPU, ours on the CPU through the shared
 sampler; greedy keeps that difference out): tokens/s = new tokens / time of the whole generate call.
 
@@ -39,7 +40,9 @@ SHAPES = {
     "tiny": GPTConfig(block_size=256, vocab_size=512, n_layer=2, n_head=2, n_embd=64),  # for --device cpu smoke runs
 }
 PROMPT_TOKENS, NEW_TOKENS, PREFILL_TOKENS = 8, 128, 1024
-CONTENDERS = ("ours eager", "ours --compile", "transformers eager", "transformers static+compile")
+BATCH = 8
+CONTENDERS = ("ours eager", "ours --compile", "transformers eager", "transformers static+compile",
+              f"ours --compile, batch {BATCH}", f"transformers eager, batch {BATCH}")
 
 
 def prefill_flop(config, T):
@@ -78,19 +81,21 @@ def theirs(config, device, dtype, static_compiled):
 
 
 def decoder(name, config, device, dtype):
-    """A function that decodes NEW_TOKENS greedily after an 8-token prompt and returns how many it made."""
-    prompt = np.random.default_rng(0).integers(0, config.vocab_size, size=(1, PROMPT_TOKENS))
+    """A function that decodes NEW_TOKENS greedily after an 8-token prompt (in BATCH rows for a batch
+    contender) and returns how many tokens it made, over all rows."""
+    rows = BATCH if name.endswith(f"batch {BATCH}") else 1
+    prompt = np.random.default_rng(0).integers(0, config.vocab_size, size=(1, PROMPT_TOKENS)).repeat(rows, axis=0)
     if name.startswith("ours"):
-        model = ours(config, device, dtype, compiled=name == "ours --compile")
-        return lambda: model.generate(prompt, NEW_TOKENS, temperature=0).shape[1] - PROMPT_TOKENS
-    model = theirs(config, device, dtype, static_compiled=name == "transformers static+compile")
+        model = ours(config, device, dtype, compiled="--compile" in name)
+        return lambda: model.generate(prompt, NEW_TOKENS, temperature=0)[:, PROMPT_TOKENS:].size
+    model = theirs(config, device, dtype, static_compiled="static+compile" in name)
     ids = torch.from_numpy(prompt).to(device)
 
     def decode():
         with torch.inference_mode():
             out = model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False, max_new_tokens=NEW_TOKENS,
                                  min_new_tokens=NEW_TOKENS, pad_token_id=0)
-        return out.shape[1] - PROMPT_TOKENS
+        return out[:, PROMPT_TOKENS:].numel()
 
     return decode
 
@@ -137,7 +142,7 @@ def measure(shape, device, dtype, reps, log):
             synchronize(device)
             seconds = time.perf_counter() - start
             note = " (warm-up, compiles)" if not rnd else ""
-            log(f"  {shape} round {rnd}{note}: {name} {tokens / seconds:.1f} tokens/s")
+            log(f"  {shape} round {rnd}{note}: {name} {tokens / seconds:.1f} tokens/s ({seconds:.2f} s)")
             if rnd:
                 runs[name].append(tokens / seconds)
     del decoders
@@ -150,21 +155,25 @@ def measure(shape, device, dtype, reps, log):
             "fraction_of_roofline": {name: t / roofline for name, t in tps.items()},
             "compiled_vs_transformers_eager": tps["ours --compile"] / tps["transformers eager"],
             "compiled_vs_transformers_static_compiled": tps["ours --compile"] / tps["transformers static+compile"],
+            "batch_vs_batch_1": tps[f"ours --compile, batch {BATCH}"] / tps["ours --compile"],
+            "batch_vs_transformers_batch": tps[f"ours --compile, batch {BATCH}"] / tps[f"transformers eager, batch {BATCH}"],
             "prefill_tokens": T, "prefill_seconds": prefill, "prefill_TFLOPs": prefill_flop(config, T) / prefill / 1e12}
 
 
 def markdown(results):
-    lines = [f"Device: {results['device']}; torch {results['torch']}; {results['dtype']}, batch 1, greedy, "
+    lines = [f"Device: {results['device']}; torch {results['torch']}; {results['dtype']}, greedy, "
              f"{PROMPT_TOKENS}-token prompt + {NEW_TOKENS} new tokens; median of {results['reps']} rounds.", "",
              "| shape | " + " | ".join(CONTENDERS) + " | --compile vs transformers eager | vs static+compile "
-             "| --compile, fraction of HBM roofline | prefill TFLOP/s |",
-             "|---" * (len(CONTENDERS) + 5) + "|"]
+             f"| --compile, fraction of HBM roofline | batch {BATCH} vs batch 1 (--compile) "
+             f"| batch {BATCH} vs transformers batch {BATCH} | prefill TFLOP/s |",
+             "|---" * (len(CONTENDERS) + 7) + "|"]
     for shape, r in results["shapes"].items():
         cells = [f"{r['tokens_per_s'][c]:.0f}" for c in CONTENDERS]
         lines.append(f"| {shape} | " + " | ".join(cells) + f" | {r['compiled_vs_transformers_eager']:.1f}x | "
                      f"{r['compiled_vs_transformers_static_compiled']:.2f}x | "
                      f"{100 * r['fraction_of_roofline']['ours --compile']:.0f}% of {r['roofline_tokens_per_s']:.0f} "
-                     f"({r['copy_bandwidth_GBps']:.0f} GB/s) | {r['prefill_TFLOPs']:.1f} |")
+                     f"({r['copy_bandwidth_GBps']:.0f} GB/s) | {r['batch_vs_batch_1']:.1f}x | "
+                     f"{r['batch_vs_transformers_batch']:.1f}x | {r['prefill_TFLOPs']:.1f} |")
     return "\n".join(lines)
 
 

@@ -1,0 +1,61 @@
+#!/usr/bin/env bash
+# Everything this project checks on a CUDA GPU, in one go (a lent GPU's time is short). Stages, in order:
+#   tests         tests/test_cuda.py (skipped where there is no GPU)
+#   bench-124M    benchmarks/gpu.py on GPT-2 124M's shape: decode batch 1 and 8, prefill, HBM roofline
+#   compare-124M  compare.py --device cuda, float32 and bfloat16, on a random checkpoint of 124M's shape
+#   bench-XL      the same benchmark on GPT-2 XL's shape (1.5B)
+#   compare-XL    compare.py --device cuda on a random XL-shape checkpoint
+# Usage: bash benchmarks/gpu_check.sh OUTDIR [STAGE ...]   (default: every stage)
+# Uses the python3 on PATH, or $PYTHON: one with a CUDA build of torch, transformers, tiktoken, safetensors,
+# pytest and hypothesis (the project's own environment, or a GPU image that has them). Each stage has a time
+# limit, so one that hangs leaves the others theirs. OUTDIR gets log.txt and the benchmark's JSON.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+out=${1:?usage: gpu_check.sh OUTDIR [STAGE ...]}
+shift
+stages=${*:-tests bench-124M compare-124M bench-XL compare-XL}
+py=${PYTHON:-python3}
+mkdir -p "$out"
+export PYTHONUNBUFFERED=1 PYTHONPATH=.
+exec > >(tee -a "$out/log.txt") 2>&1
+
+run() {  # run NAME SECONDS COMMAND...: one stage, its exit status and time on one line
+    local name=$1 limit=$2 start=$SECONDS
+    shift 2
+    echo "=== $name (limit $limit s)"
+    timeout "$limit" "$@"
+    echo "=== $name: exit $? after $((SECONDS - start)) s"
+}
+
+checkpoint() {  # checkpoint SHAPE: a random GPT-2 checkpoint of that shape, written by transformers, once
+    local dir=/tmp/gpt2-check-$1
+    [ -f "$dir/config.json" ] || "$py" - "$1" "$dir" >&2 <<'EOF'
+import sys
+import torch
+from transformers import GPT2Config, GPT2LMHeadModel
+from benchmarks.gpu import SHAPES
+c = SHAPES[sys.argv[1]]
+config = GPT2Config(vocab_size=c.vocab_size, n_positions=c.block_size, n_embd=c.n_embd, n_layer=c.n_layer, n_head=c.n_head)
+torch.manual_seed(0)
+with torch.device("cuda" if torch.cuda.is_available() else "cpu"):  # on a GPU: seconds, not a minute, for XL
+    model = GPT2LMHeadModel(config)
+model.save_pretrained(sys.argv[2])
+EOF
+    echo "$dir"
+}
+
+nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.mem --format=csv
+"$py" -c "import sys, torch, transformers, numpy; print(sys.version.split()[0], 'torch', torch.__version__, 'transformers', transformers.__version__, 'numpy', numpy.__version__)"
+
+for stage in $stages; do
+    case $stage in
+        tests) run tests 240 "$py" -m pytest tests/test_cuda.py -q -p no:cacheprovider ;;
+        bench-*) run "$stage" 300 "$py" -m benchmarks.gpu --shapes "${stage#bench-}" --out "$out/gpu-${stage#bench-}.json" ;;
+        compare-*)
+            ckpt=$(checkpoint "${stage#compare-}") || { echo "=== $stage: no checkpoint"; continue; }
+            for dtype in float32 bfloat16; do
+                run "$stage-$dtype" 120 "$py" compare.py --init-from "$ckpt" --device cuda --dtype "$dtype"
+            done ;;
+        *) echo "=== unknown stage $stage" ;;
+    esac
+done
