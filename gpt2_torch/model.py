@@ -247,7 +247,8 @@ class GPT(nn.Module):
     def trace(self, idx) -> "OrderedDict[str, torch.Tensor]":
         """Every named activation of a forward pass over idx (B, T), in order: embed, h.{i}.ln_1, h.{i}.attn,
         h.{i}.ln_2, h.{i}.mlp, h.{i}, ln_f, logits (B, T, vocab_size). No KV cache is used or changed."""
-        idx = torch.as_tensor(np.asarray(idx), dtype=torch.long, device=self.wte.weight.device)
+        idx = torch.as_tensor(idx if torch.is_tensor(idx) else np.asarray(idx), dtype=torch.long,
+                              device=self.wte.weight.device)  # a tensor on any device, a list, an array
         activations = OrderedDict()
         cache, self.kv_cache = self.kv_cache, None
         try:
