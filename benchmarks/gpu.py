@@ -22,6 +22,7 @@ for the last position only.
 """
 
 import argparse
+import datetime
 import json
 import statistics
 import time
@@ -160,6 +161,23 @@ def measure(shape, device, dtype, reps, log):
             "prefill_tokens": T, "prefill_seconds": prefill, "prefill_TFLOPs": prefill_flop(config, T) / prefill / 1e12}
 
 
+def targets(results):
+    """Issue 10's GPU targets against a run's results: (target, required, measured, met), for the shapes run."""
+    rows, shapes = [], results["shapes"]
+    if "124M" in shapes:
+        r = shapes["124M"]
+        rows += [("124M, bfloat16 batch 1: --compile decode vs transformers eager generate", ">= 10x",
+                  f"{r['compiled_vs_transformers_eager']:.1f}x", r["compiled_vs_transformers_eager"] >= 10),
+                 ("124M, bfloat16 batch 1: --compile decode vs transformers static cache, compiled", ">= 1.3x",
+                  f"{r['compiled_vs_transformers_static_compiled']:.2f}x",
+                  r["compiled_vs_transformers_static_compiled"] >= 1.3)]
+    if "XL" in shapes:
+        fraction = shapes["XL"]["fraction_of_roofline"]["ours --compile"]
+        rows.append(("XL, bfloat16 batch 1: --compile decode, fraction of the HBM roofline", ">= 60%",
+                     f"{100 * fraction:.0f}%", fraction >= 0.6))
+    return rows
+
+
 def markdown(results):
     lines = [f"Device: {results['device']}; torch {results['torch']}; {results['dtype']}, greedy, "
              f"{PROMPT_TOKENS}-token prompt + {NEW_TOKENS} new tokens; median of {results['reps']} rounds.", "",
@@ -191,6 +209,7 @@ def main(argv=None):
     dtype = getattr(torch, args.dtype)
     log = lambda message: print(message, flush=True)  # noqa: E731
     results = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+               "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
                "torch": torch.__version__, "dtype": args.dtype, "reps": args.reps,
                "shapes": {shape: measure(shape, device, dtype, args.reps, log) for shape in args.shapes}}
     Path(args.out).write_text(json.dumps(results, indent=2) + "\n")

@@ -545,9 +545,17 @@ def markdown(results, derived):
     ]
     for t in derived["targets"]:
         lines.append(f"| {t['name']} | {t['target']} | {t['measured']} | {'met' if t['met'] else '**not met**'} |")
-    lines.append("| CUDA, bfloat16: torch --compile decode vs transformers generate, eager / static cache compiled "
-                 "| >= 10x / >= 1.3x | — | " + ("not measured: no CUDA GPU on this machine |" if not results.get("cuda")
-                                              else "see `python -m benchmarks.gpu` |"))
+    gpu = gpu_results()
+    if gpu:
+        from benchmarks import gpu as gpu_benchmark
+
+        for name, required, measured, met in gpu_benchmark.targets(gpu):
+            lines.append(f"| CUDA ({gpu['device']}, `benchmarks/gpu_results.json`): {name} | {required} | {measured} "
+                         f"| {'met' if met else '**not met**'} |")
+    else:
+        lines.append("| CUDA, bfloat16: torch --compile decode vs transformers generate, eager / static cache compiled; "
+                     "XL fraction of the HBM roofline | >= 10x / >= 1.3x; >= 60% | — | not measured: no GPU run in "
+                     "benchmarks/gpu_results.json |")
     rs, s = results["settings"], results["decode"]
     lines += [
         "",
@@ -652,11 +660,26 @@ def markdown(results, derived):
     if "llama_cpp" in results:
         lines += ["", *llama_cpp_section(results, derived)]
     lines += ["", "![decode tokens/s, prefill and memory](benchmarks/results.png)"]
-    if not results.get("cuda"):
-        lines += ["", "**GPU:** no CUDA device on this machine (torch.cuda.is_available() is False): the GPU targets "
-                      "(--compile with CUDA graphs against transformers, the HBM roofline, prefill TFLOP/s; "
-                      "`python -m benchmarks.gpu`) were not measured."]
+    if gpu:
+        from benchmarks import gpu as gpu_benchmark
+
+        lines += ["", f"### On a GPU (`python -m benchmarks.gpu`, {gpu['date']}, not part of this run)", "",
+                  gpu_benchmark.markdown(gpu)]
+    else:
+        lines += ["", "**GPU:** benchmarks/gpu_results.json holds no GPU run: the GPU targets (--compile with CUDA "
+                      "graphs against transformers, the HBM roofline, prefill TFLOP/s; `python -m benchmarks.gpu`) "
+                      "were not measured."]
     return "\n".join(lines)
+
+
+def gpu_results():
+    """The last GPU run of benchmarks.gpu (benchmarks/gpu_results.json), or None if that file holds none (a CPU
+    smoke run, or no file). The report runs on the CPU; the GPU figures come from that separate run."""
+    path = Path(__file__).with_name("gpu_results.json")
+    if not path.exists():
+        return None
+    results = json.loads(path.read_text())
+    return results if results.get("device", "cpu") != "cpu" else None
 
 
 def llama_cpp_section(results, derived):
@@ -789,9 +812,6 @@ def main(argv=None):
         results.pop("derived", None)
     else:
         results = measure(args.reps, log, args.llama_cpp)
-        import torch
-
-        results["cuda"] = torch.cuda.is_available()
         path.write_text(json.dumps(results, indent=1) + "\n")  # the measurements are safe before any arithmetic
     derived = evaluate(results)
     path.write_text(json.dumps({**results, "derived": derived}, indent=1) + "\n")

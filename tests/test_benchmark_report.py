@@ -167,3 +167,16 @@ def test_the_vocabulary_given_to_llama_cpps_converter_is_gpt2s():
     for rank, merge in enumerate(merges, start=256):
         left, right = merge.split(" ")
         assert vocab[left + right] == rank and vocab[left] < rank and vocab[right] < rank, merge
+
+
+def test_the_gpu_targets_are_judged_from_the_gpu_runs_ratios():
+    """Issue 10's GPU targets from benchmarks.gpu's results: 124M's ratios against transformers (10x eager, 1.3x
+    static cache compiled) and XL's fraction of the HBM roofline (60%); only the shapes that ran."""
+    from benchmarks import gpu
+
+    results = {"shapes": {"124M": {"compiled_vs_transformers_eager": 10.0, "compiled_vs_transformers_static_compiled": 1.29},
+                          "XL": {"fraction_of_roofline": {"ours --compile": 0.62}}}}
+    assert [(measured, met) for _, _, measured, met in gpu.targets(results)] == [("10.0x", True), ("1.29x", False),
+                                                                                  ("62%", True)]
+    del results["shapes"]["124M"]
+    assert [measured for _, _, measured, _ in gpu.targets(results)] == ["62%"]
