@@ -89,13 +89,37 @@ def sample_next(logits, rng: np.random.Generator | Sequence[np.random.Generator]
         p = np.exp(z)
         p /= p.sum()
         if top_p is not None and top_p < 1:
-            order = np.argsort(-p, kind="stable")  # most probable first
-            mass_before = np.cumsum(p[order]) - p[order]  # probability of the tokens ranked above each one
-            p[order[mass_before >= top_p]] = 0.0  # outside the nucleus: the set above already reached top_p
+            p[outside_nucleus(p, top_p)] = 0.0
             p /= p.sum()
         cdf = np.cumsum(p)
         tokens[b] = candidates[min(np.searchsorted(cdf, u[b] * cdf[-1], side="right"), len(candidates) - 1)]
     return tokens
+
+
+def outside_nucleus(p: np.ndarray, top_p: float, first_try: int = 64) -> np.ndarray:
+    """(n,) bool, True for the tokens outside the nucleus of probabilities p (n,): ranked most probable first
+    (ties by id), those whose more probable tokens already hold top_p.
+
+    The nucleus is a prefix of that ranking, usually short, so only the tokens at or above the m-th largest
+    probability are ranked (m = first_try, then 8 times more until the prefix holds top_p). Their ranking and
+    cumulative sums are the first of the whole vocabulary's, the same floats (ranking all 50257 costs about
+    5 ms a row). The ranked prefix settles the rest only if its mass passes top_p by more than float64 rounding
+    could move a later token's (about 1e-16); otherwise more are ranked, in the end all of them."""
+    n = len(p)
+    m = first_try if n > 8 * first_try else n  # a few hundred candidates (top_k's): one sort is cheapest
+    while True:
+        if m >= n:
+            ranked = np.arange(n)
+        else:
+            ranked = np.flatnonzero(p >= np.partition(p, n - m)[n - m])  # (>= m,) ids, in id order
+        order = ranked[np.argsort(-p[ranked], kind="stable")]  # most probable first, ties by id
+        mass = np.cumsum(p[order])  # (len(order),)
+        if len(order) == n or mass[-1] >= top_p + 1e-12:
+            break
+        m *= 8
+    outside = np.ones(n, dtype=bool)  # (n,) the tokens not ranked lie outside...
+    outside[order[mass - p[order] < top_p]] = False  # ...and so do those whose more probable tokens hold top_p
+    return outside
 
 
 def top_k_ids(row: np.ndarray, k: int) -> np.ndarray:
