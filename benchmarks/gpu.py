@@ -34,6 +34,7 @@ import torch
 from gpt2_torch import GPT
 import weights
 from weights import GPTConfig
+from weights.sampling import cache_length
 
 SHAPES = {
     "124M": GPTConfig(block_size=1024, vocab_size=50257, n_layer=12, n_head=12, n_embd=768),
@@ -88,7 +89,12 @@ def decoder(name, config, device, dtype):
     prompt = np.random.default_rng(0).integers(0, config.vocab_size, size=(1, PROMPT_TOKENS)).repeat(rows, axis=0)
     if name.startswith("ours"):
         model = ours(config, device, dtype, compiled="--compile" in name)
-        return lambda: model.generate(prompt, NEW_TOKENS, temperature=0)[:, PROMPT_TOKENS:].size
+
+        def decode_ours():
+            return model.generate(prompt, NEW_TOKENS, temperature=0)[:, PROMPT_TOKENS:].size
+
+        decode_ours.model = model  # for step_alone
+        return decode_ours
     model = theirs(config, device, dtype, static_compiled="static+compile" in name)
     ids = torch.from_numpy(prompt).to(device)
 
@@ -113,6 +119,35 @@ def copy_bandwidth(device, nbytes=1 << 30):
         synchronize(device)
         times.append(time.perf_counter() - start)
     return 2 * nbytes / min(times[1:])
+
+
+def step_alone(model, device, steps=200):
+    """The compiled decode step of batch 1 without the generation around it (no sampler, no copies between host
+    and device), replayed steps times at one position in the cache a generation of NEW_TOKENS uses (the graph
+    that generation recorded): seconds per step, and how many kernels one step runs on the GPU (0 on a CPU).
+    A token of generate takes this step plus the host's share: copying the logits out, sampling, copying the
+    token and position in."""
+    idx = torch.zeros((1, 1), dtype=torch.long, device=device)
+    pos = torch.tensor([PROMPT_TOKENS], device=device)
+    with torch.inference_mode():
+        model.allocate_kv_cache(1, cache_length(PROMPT_TOKENS, NEW_TOKENS, model.config.block_size))
+        model(torch.zeros((1, PROMPT_TOKENS), dtype=torch.long, device=device), 0)
+        for _ in range(3):
+            model.compiled_decode_step(idx, pos)
+        synchronize(device)
+        start = time.perf_counter()
+        for _ in range(steps):
+            model.compiled_decode_step(idx, pos)
+        synchronize(device)
+        seconds = (time.perf_counter() - start) / steps
+        kernels = 0
+        if device.type == "cuda":
+            with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as profile:
+                model.compiled_decode_step(idx, pos)
+                synchronize(device)
+            kernels = sum(1 for e in profile.events() if e.device_type == torch.autograd.DeviceType.CUDA)
+    model.kv_cache = None
+    return seconds, kernels
 
 
 def prefill_seconds(config, device, dtype, reps):
@@ -146,6 +181,7 @@ def measure(shape, device, dtype, reps, log):
             log(f"  {shape} round {rnd}{note}: {name} {tokens / seconds:.1f} tokens/s ({seconds:.2f} s)")
             if rnd:
                 runs[name].append(tokens / seconds)
+    step, kernels = step_alone(decoders["ours --compile"].model, device)
     del decoders
     T, prefill = prefill_seconds(config, device, dtype, reps)
     tps = {name: statistics.median(r) for name, r in runs.items()}
@@ -158,6 +194,8 @@ def measure(shape, device, dtype, reps, log):
             "compiled_vs_transformers_static_compiled": tps["ours --compile"] / tps["transformers static+compile"],
             "batch_vs_batch_1": tps[f"ours --compile, batch {BATCH}"] / tps["ours --compile"],
             "batch_vs_transformers_batch": tps[f"ours --compile, batch {BATCH}"] / tps[f"transformers eager, batch {BATCH}"],
+            "compiled_step_alone_ms": 1e3 * step, "compiled_step_kernels": kernels,
+            "compiled_token_ms": 1e3 / tps["ours --compile"],
             "prefill_tokens": T, "prefill_seconds": prefill, "prefill_TFLOPs": prefill_flop(config, T) / prefill / 1e12}
 
 
@@ -192,6 +230,13 @@ def markdown(results):
                      f"{100 * r['fraction_of_roofline']['ours --compile']:.0f}% of {r['roofline_tokens_per_s']:.0f} "
                      f"({r['copy_bandwidth_GBps']:.0f} GB/s) | {r['batch_vs_batch_1']:.1f}x | "
                      f"{r['batch_vs_transformers_batch']:.1f}x | {r['prefill_TFLOPs']:.1f} |")
+    if all("compiled_step_alone_ms" in r for r in results["shapes"].values()):  # runs since 2026-12-04 evening
+        lines += ["", "Where a --compile token's time goes at batch 1: the step alone (its graph replayed, no sampler, no "
+                      "copies between host and device), and the rest of a generate token (the host's share).", "",
+                  "| shape | token (ms) | step alone (ms) | host's share (ms) | GPU kernels a step |", "|---|---|---|---|---|"]
+        for shape, r in results["shapes"].items():
+            token, step = r["compiled_token_ms"], r["compiled_step_alone_ms"]
+            lines.append(f"| {shape} | {token:.3f} | {step:.3f} | {token - step:.3f} | {r['compiled_step_kernels']} |")
     return "\n".join(lines)
 
 
