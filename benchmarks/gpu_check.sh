@@ -8,7 +8,8 @@
 # Usage: bash benchmarks/gpu_check.sh OUTDIR [STAGE ...]   (default: every stage)
 # Uses the python3 on PATH, or $PYTHON: one with a CUDA build of torch, transformers, tiktoken, safetensors,
 # pytest and hypothesis (the project's own environment, or a GPU image that has them). Each stage has a time
-# limit, so one that hangs leaves the others theirs. OUTDIR gets log.txt and the benchmark's JSON.
+# limit, so one that hangs leaves the others theirs. OUTDIR gets log.txt and gpu_results.json (every shape
+# benchmarked), which the report reads once copied to benchmarks/.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out=${1:?usage: gpu_check.sh OUTDIR [STAGE ...]}
@@ -29,7 +30,7 @@ run() {  # run NAME SECONDS COMMAND...: one stage, its exit status and time on o
 
 checkpoint() {  # checkpoint SHAPE: a random GPT-2 checkpoint of that shape, written by transformers, once
     local dir=/tmp/gpt2-check-$1
-    [ -f "$dir/config.json" ] || "$py" - "$1" "$dir" >&2 <<'EOF'
+    [ -f "$dir/config.json" ] || "$py" - "$1" "$dir" >&2 <<'EOF' || return 1
 import sys
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel
@@ -50,7 +51,7 @@ nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.mem --f
 for stage in $stages; do
     case $stage in
         tests) run tests 240 "$py" -m pytest tests/test_cuda.py -q -p no:cacheprovider ;;
-        bench-*) run "$stage" 300 "$py" -m benchmarks.gpu --shapes "${stage#bench-}" --out "$out/gpu-${stage#bench-}.json" ;;
+        bench-*) run "$stage" 300 "$py" -m benchmarks.gpu --shapes "${stage#bench-}" --out "$out/gpu_results.json" --merge ;;
         compare-*)
             ckpt=$(checkpoint "${stage#compare-}") || { echo "=== $stage: no checkpoint"; continue; }
             for dtype in float32 bfloat16; do

@@ -3,6 +3,8 @@ expected figures are worked out by hand below; and its rewrite of BENCHMARKS.md.
 
 All the figures are exact in binary or a few roundings away: 1e-12 relative tolerance."""
 
+import json
+
 import pytest
 
 from benchmarks import report
@@ -174,9 +176,32 @@ def test_the_gpu_targets_are_judged_from_the_gpu_runs_ratios():
     static cache compiled) and XL's fraction of the HBM roofline (60%); only the shapes that ran."""
     from benchmarks import gpu
 
-    results = {"shapes": {"124M": {"compiled_vs_transformers_eager": 10.0, "compiled_vs_transformers_static_compiled": 1.29},
+    results = {"dtype": "bfloat16", "shapes": {"124M": {"compiled_vs_transformers_eager": 10.0, "compiled_vs_transformers_static_compiled": 1.29},
                           "XL": {"fraction_of_roofline": {"ours --compile": 0.62}}}}
     assert [(measured, met) for _, _, measured, met in gpu.targets(results)] == [("10.0x", True), ("1.29x", False),
                                                                                   ("62%", True)]
     del results["shapes"]["124M"]
     assert [measured for _, _, measured, _ in gpu.targets(results)] == ["62%"]
+    assert gpu.targets({**results, "dtype": "float32"}) == []  # the targets are bfloat16's
+
+
+def test_the_gpu_benchmark_merges_shapes_of_one_run_and_a_cpu_smoke_run_writes_nothing(tmp_path, monkeypatch):
+    """benchmarks/gpu_check.sh runs one shape per process with --merge: the file ends with every shape of that
+    device, dtype and torch, and a run of another dtype replaces it. Without --out, a CPU run writes nothing
+    (it would otherwise replace the committed GPU results). The measurement itself is stubbed: nothing is timed."""
+    from benchmarks import gpu
+
+    monkeypatch.setattr(gpu, "measure", lambda shape, *args: {"measured": shape})
+    monkeypatch.setattr(gpu, "markdown", lambda results: "")
+    out = tmp_path / "gpu_results.json"
+    gpu.main(["--device", "cpu", "--shapes", "tiny", "--out", str(out)])
+    first = json.loads(out.read_text())
+    first["shapes"] = {"XL": {"measured": "XL"}}
+    out.write_text(json.dumps(first))
+    gpu.main(["--device", "cpu", "--shapes", "tiny", "--out", str(out), "--merge"])
+    assert json.loads(out.read_text())["shapes"] == {"XL": {"measured": "XL"}, "tiny": {"measured": "tiny"}}
+    gpu.main(["--device", "cpu", "--shapes", "tiny", "--out", str(out), "--merge", "--dtype", "float32"])
+    assert json.loads(out.read_text())["shapes"] == {"tiny": {"measured": "tiny"}}  # another dtype: not merged
+    committed = gpu.Path(gpu.__file__).with_name("gpu_results.json").read_text()
+    gpu.main(["--device", "cpu", "--shapes", "tiny"])
+    assert gpu.Path(gpu.__file__).with_name("gpu_results.json").read_text() == committed

@@ -57,20 +57,20 @@ def test_float32_products_stay_float32():
 
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16", "float64"])
 def test_cuda_activations_match_the_cpu_float64_model(checkpoint, dtype):
-    """Every activation of the trace (the eager forward, SDPA on the GPU), each checkpoint shape: the final logits
-    to the tolerances above, and every layer within 10x them (the logits are the largest values)."""
+    """Every activation of the trace (the eager forward, SDPA on the GPU), each checkpoint shape, to the tolerances
+    above, as the CPU's float32 model is held (tests/test_torch_model.py); compare.py on the H200 measured at
+    most 1e-5 on any activation in float32 (GPT-2 XL's shape)."""
     idx = prompt(checkpoint, 2, 20)
     reference = GPT.from_pretrained(checkpoint.path, "cpu", "float64").trace(idx)
     activations = GPT.from_pretrained(checkpoint.path, "cuda", dtype).trace(idx)
     assert list(activations) == list(reference)
     assert activations["logits"].device.type == "cuda"
-    assert_close(activations["logits"], reference["logits"], dtype)
     for name, ref in reference.items():
         out = activations[name].double().cpu()
         if dtype == "bfloat16":
             assert ((out - ref).norm() / ref.norm()).item() <= BFLOAT16_RELATIVE, name
         else:
-            assert (out - ref).abs().max().item() <= 10 * TOLERANCE[dtype], name
+            assert (out - ref).abs().max().item() <= TOLERANCE[dtype], name
 
 
 def test_the_compiled_step_is_a_cuda_graph_with_the_eager_logits_at_every_position(small_checkpoint, fresh_compiler):
