@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Everything this project checks on a CUDA GPU, in one go (a lent GPU's time is short). Stages, in order:
-#   tests         tests/test_cuda.py (skipped where there is no GPU)
+#   tests         tests/test_cuda.py and the CUDA case of test_compiled_decode_step.py (skipped without a GPU)
 #   bench-124M    benchmarks/gpu.py on GPT-2 124M's shape: decode batch 1 and 8, prefill, HBM roofline
 #   compare-124M  compare.py --device cuda, float32 and bfloat16, on a random checkpoint of 124M's shape
 #   bench-XL      the same benchmark on GPT-2 XL's shape (1.5B)
@@ -33,14 +33,10 @@ checkpoint() {  # checkpoint SHAPE: a random GPT-2 checkpoint of that shape, wri
     [ -f "$dir/config.json" ] || "$py" - "$1" "$dir" >&2 <<'EOF' || return 1
 import sys
 import torch
-from transformers import GPT2Config, GPT2LMHeadModel
-from benchmarks.gpu import SHAPES
-c = SHAPES[sys.argv[1]]
-config = GPT2Config(vocab_size=c.vocab_size, n_positions=c.block_size, n_embd=c.n_embd, n_layer=c.n_layer, n_head=c.n_head)
+from benchmarks.gpu import SHAPES, theirs
 torch.manual_seed(0)
-with torch.device("cuda" if torch.cuda.is_available() else "cpu"):  # on a GPU: seconds, not a minute, for XL
-    model = GPT2LMHeadModel(config)
-model.save_pretrained(sys.argv[2])
+device = torch.device("cuda" if torch.cuda.is_available() else "cpu")  # on a GPU: seconds, not a minute, for XL
+theirs(SHAPES[sys.argv[1]], device, torch.float32, static_compiled=False).save_pretrained(sys.argv[2])
 EOF
     echo "$dir"
 }
@@ -50,7 +46,8 @@ nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.mem --f
 
 for stage in $stages; do
     case $stage in
-        tests) run tests 240 "$py" -m pytest tests/test_cuda.py -q -p no:cacheprovider ;;
+        tests) run tests 240 "$py" -m pytest tests/test_cuda.py -q -p no:cacheprovider \
+                   "tests/test_compiled_decode_step.py::test_one_graph_serves_every_step_of_every_generation[cuda]" ;;
         bench-*) run "$stage" 300 "$py" -m benchmarks.gpu --shapes "${stage#bench-}" --out "$out/gpu_results.json" --merge ;;
         compare-*)
             ckpt=$(checkpoint "${stage#compare-}") || { echo "=== $stage: no checkpoint"; continue; }

@@ -545,10 +545,10 @@ def markdown(results, derived):
     ]
     for t in derived["targets"]:
         lines.append(f"| {t['name']} | {t['target']} | {t['measured']} | {'met' if t['met'] else '**not met**'} |")
-    gpu = gpu_results()
-    if gpu:
-        from benchmarks import gpu as gpu_benchmark
+    from benchmarks import gpu as gpu_benchmark  # imports torch: only here, not in the measuring workers
 
+    gpu = gpu_benchmark.committed_results()
+    if gpu:
         for name, required, measured, met in gpu_benchmark.targets(gpu):
             lines.append(f"| CUDA ({gpu['device']}, `benchmarks/gpu_results.json`): {name} | {required} | {measured} "
                          f"| {'met' if met else '**not met**'} |")
@@ -661,8 +661,6 @@ def markdown(results, derived):
         lines += ["", *llama_cpp_section(results, derived)]
     lines += ["", "![decode tokens/s, prefill and memory](benchmarks/results.png)"]
     if gpu:
-        from benchmarks import gpu as gpu_benchmark
-
         lines += ["", f"### On a GPU (`python -m benchmarks.gpu`, {gpu['date']}, not part of this run)", "",
                   gpu_benchmark.markdown(gpu)]
     else:
@@ -670,16 +668,6 @@ def markdown(results, derived):
                       "graphs against transformers, the HBM roofline, prefill TFLOP/s; `python -m benchmarks.gpu`) "
                       "were not measured."]
     return "\n".join(lines)
-
-
-def gpu_results():
-    """The last GPU run of benchmarks.gpu (benchmarks/gpu_results.json), or None if that file holds none (a CPU
-    smoke run, or no file). The report runs on the CPU; the GPU figures come from that separate run."""
-    path = Path(__file__).with_name("gpu_results.json")
-    if not path.exists():
-        return None
-    results = json.loads(path.read_text())
-    return results if results.get("device", "cpu") != "cpu" else None
 
 
 def llama_cpp_section(results, derived):

@@ -202,6 +202,6 @@ def test_the_gpu_benchmark_merges_shapes_of_one_run_and_a_cpu_smoke_run_writes_n
     assert json.loads(out.read_text())["shapes"] == {"XL": {"measured": "XL"}, "tiny": {"measured": "tiny"}}
     gpu.main(["--device", "cpu", "--shapes", "tiny", "--out", str(out), "--merge", "--dtype", "float32"])
     assert json.loads(out.read_text())["shapes"] == {"tiny": {"measured": "tiny"}}  # another dtype: not merged
-    committed = gpu.Path(gpu.__file__).with_name("gpu_results.json").read_text()
+    committed = gpu.RESULTS.read_text()
     gpu.main(["--device", "cpu", "--shapes", "tiny"])
-    assert gpu.Path(gpu.__file__).with_name("gpu_results.json").read_text() == committed
+    assert gpu.RESULTS.read_text() == committed

@@ -29,15 +29,18 @@ def fresh_compiler(tmp_path, monkeypatch):
     torch._dynamo.reset()
 
 
-def test_one_graph_serves_every_step_of_every_generation(odd_checkpoint, fresh_compiler):
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="no CUDA device here"))])
+def test_one_graph_serves_every_step_of_every_generation(odd_checkpoint, fresh_compiler, device):
     """Generations of 10 + 60 tokens on "odd" (block_size 48): the compiled step decodes until the text fills
     block_size, then the window slides and each step is an eager pass over the window (nanoGPT's crop), and
     the text matches the eager model's throughout. Two shorter generations (a 64-position cache, not 48)
     come in between and after, and the one with a NaN left in its kept cache is unaffected (the cache is
     reset); then one prompt row continued by 2 samples. error_on_recompile makes any recompilation an error, fullgraph=True a graph break: one graph
-    per cache shape, compiled once."""
-    model = GPT.from_pretrained(odd_checkpoint.path).compile_decode_step()
-    eager = GPT.from_pretrained(odd_checkpoint.path)
+    per cache shape, compiled once. On a GPU the same, as one CUDA graph never skipped, and the kept cache's NaN
+    matters more there: the step attends over the whole cache, where a NaN left behind would make NaN logits."""
+    model = GPT.from_pretrained(odd_checkpoint.path, device).compile_decode_step()
+    eager = GPT.from_pretrained(odd_checkpoint.path, device)
     compiled_calls = []
     step = model.compiled_decode_step
     model.compiled_decode_step = lambda idx, pos: compiled_calls.append(int(pos)) or step(idx, pos)
@@ -63,6 +66,8 @@ def test_one_graph_serves_every_step_of_every_generation(odd_checkpoint, fresh_c
         np.testing.assert_array_equal(compiled, expected)
     assert counters["stats"]["unique_graphs"] == 1
     assert sum(counters["graph_break"].values()) == 0
+    if device == "cuda":
+        assert counters["inductor"]["cudagraph_skips"] == 0
     assert model.kv_cache is None  # the active cache is released; the kept one waits in kept_kv_caches
 
 

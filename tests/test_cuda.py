@@ -1,7 +1,8 @@
 """The torch backend on a CUDA GPU: eager and compiled into a CUDA graph, against the CPU in float64.
 
 Skipped where torch sees no CUDA device (CI and the development machine); run on a lent GPU by
-benchmarks/gpu_check.sh, with the GPU benchmark and compare.py --device cuda.
+benchmarks/gpu_check.sh, with the GPU benchmark and compare.py --device cuda. Whole compiled generations on the
+GPU (one CUDA graph past block_size) are tests/test_compiled_decode_step.py's, run on the CPU and on CUDA.
 
 Tolerances, on the random checkpoints of conftest.py (logits of magnitude ~7):
 - float32: 2e-4 on logits, the project's float32 bound (tests/test_torch_model.py). PyTorch computes float32
@@ -94,40 +95,6 @@ def test_the_compiled_step_is_a_cuda_graph_with_the_eager_logits_at_every_positi
     assert counters["stats"]["unique_graphs"] == 1
     assert counters["inductor"]["cudagraph_skips"] == 0
     assert "cudaGraphLaunch" in {event.name for event in profile.events()}
-
-
-def test_one_cuda_graph_serves_every_step_of_every_generation(odd_checkpoint, fresh_compiler):
-    """tests/test_compiled_decode_step.py's generations on the GPU: 10 + 60 tokens on "odd" (block_size 48),
-    past block_size where the window slides, a kept cache poisoned with NaN and reset, then one prompt row
-    continued by 2 samples: the compiled model's text is the eager GPU model's throughout, with one graph,
-    no recompilation, no graph break and no CUDA-graph skip. (float32: the two differ by rounding, ~1e-6, and a
-    sampled token flips only if a uniform draw falls that close to a boundary of the cumulative distribution.)"""
-    model = GPT.from_pretrained(odd_checkpoint.path, "cuda").compile_decode_step()
-    eager = GPT.from_pretrained(odd_checkpoint.path, "cuda")
-    compiled_calls = []
-    step = model.compiled_decode_step
-    model.compiled_decode_step = lambda idx, pos: compiled_calls.append(int(pos)) or step(idx, pos)
-    idx = prompt(odd_checkpoint, 2, 10).numpy()
-
-    def both(n, seed):
-        compiled = model.generate(idx, n, temperature=0.8, top_k=20, rng=np.random.default_rng(seed))
-        expected = eager.generate(idx, n, temperature=0.8, top_k=20, rng=np.random.default_rng(seed))
-        np.testing.assert_array_equal(compiled, expected)
-
-    with torch._dynamo.config.patch(error_on_recompile=True):
-        both(60, seed=1)
-        assert compiled_calls == list(range(10, 48))  # then the window slides: eager
-        both(5, seed=2)
-        (kept,) = model.kept_kv_caches.values()
-        with torch.inference_mode():
-            kept[0].k.fill_(torch.nan)  # the whole-cache step would turn a NaN left behind into NaN logits
-        both(60, seed=3)
-        compiled = model.generate(idx[:1], 30, temperature=0.8, top_k=20, rng=row_generators(4, range(2)))
-        expected = eager.generate(idx[:1], 30, temperature=0.8, top_k=20, rng=row_generators(4, range(2)))
-        np.testing.assert_array_equal(compiled, expected)
-    assert counters["stats"]["unique_graphs"] == 1
-    assert sum(counters["graph_break"].values()) == 0
-    assert counters["inductor"]["cudagraph_skips"] == 0
 
 
 def test_a_samples_text_does_not_depend_on_its_batch_on_the_gpu(small_checkpoint, fresh_compiler):
