@@ -6,7 +6,7 @@
 GPT-2 124M and XL shapes with random weights (speed does not depend on the values): nothing is downloaded or
 written first. Contenders, alternating per round, the median of --reps rounds after one warm-up round (the
 compiling ones compile in the warm-up):
-- ours eager, and ours --compile (the decode step compiled whole, mode="reduce-overhead": a CUDA graph);
+- ours eager, and ours --compile (the decode step compiled whole and replayed as a CUDA graph);
 - transformers' GPT2LMHeadModel.generate, eager (its dynamic cache), and with its static cache, which on a
   GPU makes generate compile the forward itself (cache_implementation="static"; its mode="reduce-overhead";
   on a CPU smoke run it stays uncompiled);
@@ -123,11 +123,11 @@ def copy_bandwidth(device, nbytes=1 << 30):
 
 
 def step_alone(model, device, steps=200):
-    """The compiled decode step of batch 1 without the generation around it (no sampler, no copies between host
-    and device), replayed steps times at one position in the cache a generation of NEW_TOKENS uses (the graph
-    that generation recorded): seconds per step, and how many kernels one step runs on the GPU (0 on a CPU).
-    A token of generate takes this step plus the host's share: copying the logits out, sampling, copying the
-    token and position in."""
+    """The compiled decode step of batch 1 without the generation around it, called steps times at one position
+    in the cache a generation of NEW_TOKENS uses (the graph that generation captured; on CUDA a call copies the
+    inputs in, replays the graph and copies the logits out to the host): seconds per step, and how many kernels
+    one step runs on the GPU (0 on a CPU). A token of generate takes this step plus the host's share: the
+    sampler, the token and position made into tensors, generate's own Python."""
     idx = torch.zeros((1, 1), dtype=torch.long, device=device)
     pos = torch.tensor([PROMPT_TOKENS], device=device)
     with torch.inference_mode():
@@ -236,8 +236,8 @@ def markdown(results):
                      f"({r['copy_bandwidth_GBps']:.0f} GB/s) | {r['batch_vs_batch_1']:.1f}x | "
                      f"{r['batch_vs_transformers_batch']:.1f}x | {r['prefill_TFLOPs']:.1f} |")
     if all("compiled_step_alone_ms" in r for r in results["shapes"].values()):  # runs since 2026-12-04 evening
-        lines += ["", "Where a --compile token's time goes at batch 1: the step alone (its graph replayed, no sampler, no "
-                      "copies between host and device), and the rest of a generate token (the host's share, with the "
+        lines += ["", "Where a --compile token's time goes at batch 1: the step alone (its graph replayed, the logits "
+                      "copied to the host; no sampler), and the rest of a generate token (the host's share, with the "
                       f"eager {PROMPT_TOKENS}-token prompt pass spread over the {NEW_TOKENS} tokens).", "",
                   "| shape | token (ms) | step alone (ms) | host's share (ms) | GPU kernels a step |", "|---|---|---|---|---|"]
         for shape, r in results["shapes"].items():

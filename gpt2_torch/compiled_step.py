@@ -1,8 +1,9 @@
 """torch.compile for the decode step (GPT.decode_step): one graph, and the settings that make it fast on each
 kind of device.
 
-- CUDA: mode="reduce-overhead" captures the step as a CUDA graph: one launch replays all of its kernels,
-  with no Python and no per-kernel launch cost in between.
+- CUDA: Inductor's kernels, captured here as a CUDA graph (CUDAGraphStep): one launch replays all of a step's
+  kernels, with no Python and no per-kernel launch cost in between, and the logits come back to the host in the
+  same call.
 - CPU: with Inductor's defaults the compiled step calls MKL for its products, and MKL multiplies one row on
   one core: measured 0.97x eager decoding, whose one-row products run on every core (few_row_products.py).
   With freezing (the weights become constants of the graph, so Inductor may repack them) and max-autotune,
@@ -29,15 +30,16 @@ CPU_SETTINGS = {
 }
 
 
-def compile_step(step, device: torch.device, **options):
-    """step compiled with fullgraph=True (a graph break is an error, not a slow path) for device; options go
-    to torch.compile (a mode given there replaces the one chosen here). dynamic=False: each KV cache shape
-    (length, batch size) gets a graph of its own, with static shapes, which Inductor's C++ GEMM templates and
-    CUDA graphs need; otherwise Dynamo would make the second shape it sees dynamic, and slower."""
+def compile_step(step, device: torch.device, state, **options):
+    """step compiled with fullgraph=True (a graph break is an error, not a slow path) for device. options go to
+    torch.compile. On CUDA the step becomes a CUDAGraphStep, which reads state() (see there) before each call, unless
+    options name a mode (such as "reduce-overhead", torch.compile's own CUDA graphs): then torch.compile's. dynamic=False: each KV cache
+    shape (length, batch size) gets a graph of its own, with static shapes, which Inductor's C++ GEMM templates
+    and CUDA graphs need; otherwise Dynamo would make the second shape it sees dynamic, and slower."""
     options.setdefault("dynamic", False)
-    if device.type == "cuda":
-        options.setdefault("mode", "reduce-overhead")
-    if device.type != "cpu":  # CUDA, and MPS with Inductor's defaults
+    if device.type == "cuda" and "mode" not in options:
+        return CUDAGraphStep(torch.compile(step, fullgraph=True, **options), state)
+    if device.type != "cpu":  # MPS, or CUDA with a mode of torch.compile's: Inductor's defaults otherwise
         return torch.compile(step, fullgraph=True, **options)
     quiet_cpp_extension_import()
     options.setdefault("mode", "max-autotune-no-cudagraphs")
@@ -51,6 +53,71 @@ def compile_step(step, device: torch.device, **options):
             return compiled(*args)
 
     return frozen_step
+
+
+class CUDAGraphStep:
+    """The compiled decode step on CUDA as CUDA graphs captured here, one per KV cache: a call copies idx and pos
+    into the graph's input buffers, replays the graph, and copies the logits into pinned host memory, with one
+    synchronisation. It returns that host tensor, (B, V) float32 (float64 for a float64 model), which the next
+    call overwrites.
+
+    Why not torch.compile's mode="reduce-overhead", which captures CUDA graphs too: its bookkeeping around each
+    replay (guards, its inputs, its memory pool) took 0.17 ms of host time a call on GPT-2 124M's step and 0.66 ms
+    on XL's, on an H200, most of it before the GPU starts; and its logits, left on the GPU, took another 0.2-0.7 ms
+    to reach the sampler (a cast, a copy into pageable memory). A token of generate is about 1.4x (124M) and 1.3x
+    (XL) faster this way (README, Benchmarks, "On a GPU").
+
+    A graph replays the addresses it was captured with: the cache's (the model keeps the cache of each shape for
+    good once compiled, GPT.allocate_kv_cache) and the weights'. state() gives both, the cache and one weight:
+    weights moved or replaced since (model.to(), load_state_dict(assign=True)) drop every graph.
+    """
+
+    def __init__(self, compiled, state):
+        self.compiled = compiled
+        self.state = state  # () -> (the cache the next call runs on, a weight tensor of the model)
+        self.graphs = {}  # id(cache) -> CapturedStep, which holds the cache: its id stays its own
+        self.weights_at = None  # the weight's address the graphs were captured with
+
+    @torch.inference_mode()
+    def __call__(self, idx, pos):
+        cache, weight = self.state()
+        if weight.data_ptr() != self.weights_at:
+            self.graphs.clear()
+            self.weights_at = weight.data_ptr()
+        if id(cache) not in self.graphs:
+            self.graphs[id(cache)] = CapturedStep(self.compiled, idx, pos, cache)
+        return self.graphs[id(cache)](idx, pos)
+
+
+class CapturedStep:
+    """One CUDA graph of step, for the cache (and so the batch size) of its first call, on idx's device."""
+
+    def __init__(self, step, idx, pos, cache):
+        self.cache = cache
+        self.device = idx.device
+        self.idx, self.pos = idx.clone(), pos.clone()  # the graph's inputs, at addresses of their own
+        with torch.cuda.device(self.device):
+            # Run it twice before the capture (compiling, loading kernels, setting up cuBLAS), on a side stream as
+            # CUDA asks. Those runs write this step's keys and values into the cache, as the replay writes them again.
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):
+                for _ in range(2):
+                    step(self.idx, self.pos)
+            torch.cuda.current_stream().wait_stream(side)
+            self.graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(self.graph):
+                self.logits = step(self.idx, self.pos)  # (B, V) on the GPU, in the graph's memory
+        self.host = torch.empty(self.logits.shape, dtype=self.logits.dtype, pin_memory=True)
+
+    def __call__(self, idx, pos):
+        with torch.cuda.device(self.device):
+            self.idx.copy_(idx, non_blocking=True)
+            self.pos.copy_(pos, non_blocking=True)
+            self.graph.replay()
+            self.host.copy_(self.logits, non_blocking=True)
+            torch.cuda.current_stream().synchronize()
+        return self.host
 
 
 def quiet_cpp_extension_import():

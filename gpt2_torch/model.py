@@ -32,6 +32,12 @@ def own_copy(tensor, device, dtype, transposed=False):
     return tensor.to(device=device, dtype=dtype, memory_format=torch.contiguous_format, copy=True)
 
 
+def for_the_sampler(logits):
+    """logits in the dtype the shared sampler takes: float64 stays float64, as the NumPy float64 model hands it
+    over; half types (NumPy has no bfloat16) and float32 become float32."""
+    return logits if logits.dtype == torch.float64 else logits.float()
+
+
 def causal_mask(T, S, device):
     """(T, S) bool mask, True where a query may look: query t (the t-th of the last T of S positions) sees keys
     0 .. S - T + t. S == T is the plain causal mask."""
@@ -208,7 +214,8 @@ class GPT(nn.Module):
         return self.body(idx, pos, start + T, mask, trace)
 
     def decode_step(self, idx, pos):
-        """Logits (B, vocab_size) of one new token per sequence, idx (B, 1), at position pos, a (1,) tensor.
+        """Logits (B, vocab_size) of one new token per sequence, idx (B, 1), at position pos, a (1,) tensor, in the
+        sampler's dtype (for_the_sampler).
 
         The step that torch.compile makes one graph of, for every position of a generation (compile_decode_step).
         On a CPU it attends over the pos + 1 positions written so far: in the graph their number, read from pos,
@@ -226,7 +233,7 @@ class GPT(nn.Module):
         # On a CPU the mask is all True, yet it stays: without it Inductor's pattern matcher would turn the
         # spelled-out attention back into SDPA (fused_attention_pays).
         mask = (torch.arange(n_keys, device=pos.device) <= pos).view(1, n_keys)  # (1, n_keys) positions written
-        return self.body(idx, pos, n_keys, mask)[:, -1, :]  # (B, vocab_size)
+        return for_the_sampler(self.body(idx, pos, n_keys, mask)[:, -1, :])  # (B, vocab_size)
 
     def body(self, idx, pos, n_keys, mask, trace=None):
         """The transformer: tokens idx (B, T) at positions pos (T,), attending to n_keys cached keys under mask."""
@@ -287,10 +294,8 @@ class GPT(nn.Module):
             if start > 0 and self.compiled_decode_step is not None:
                 logits = self.compiled_decode_step(ids, torch.tensor([start], device=device))  # (B, V)
             else:
-                logits = self(ids, start)[:, -1, :]  # (B, V)
-            # float64 stays float64, as the NumPy float64 model hands it over; half types (NumPy has no
-            # bfloat16) and float32 reach the sampler as float32.
-            return logits.to(torch.float64 if logits.dtype == torch.float64 else torch.float32).cpu().numpy()
+                logits = for_the_sampler(self(ids, start)[:, -1, :])  # (B, V)
+            return logits.cpu().numpy()  # CUDAGraphStep's logits are on the host already: no copy
 
         rng = rng if rng is not None else np.random.default_rng()
         try:
@@ -300,9 +305,10 @@ class GPT(nn.Module):
             self.kv_cache = None  # freed (length x n_layer x 2 x n_embd values per sequence), unless kept
 
     def compile_decode_step(self, **options):
-        """Compile decode_step into one graph for generate_tokens to use: a CUDA graph on a GPU, Inductor's own
-        C++ kernels on a CPU (see compiled_step.py). options go to torch.compile."""
-        self.compiled_decode_step = compile_step(self.decode_step, self.wte.weight.device, **options)
+        """Compile decode_step into one graph for generate_tokens to use: Inductor's kernels replayed as a CUDA graph
+        on a GPU, Inductor's own C++ kernels on a CPU (see compiled_step.py). options go to torch.compile."""
+        state = lambda: (self.kv_cache, self.wte.weight)  # noqa: E731  what a CUDA graph replays besides its inputs
+        self.compiled_decode_step = compile_step(self.decode_step, self.wte.weight.device, state, **options)
         return self
 
     def allocate_kv_cache(self, batch_size, length=None):
