@@ -247,6 +247,27 @@ def test_product_layout_keeps_shape_and_values_in_the_chosen_order(name, shape, 
         assert stored is source  # already as the product reads it: no copy
 
 
+@pytest.mark.parametrize("dtype, tolerance", [(np.float32, 1e-5), (np.float64, 1e-13)])
+@pytest.mark.parametrize("order", ["C", "F"])
+def test_linear_is_x_at_weight_plus_bias_for_any_number_of_rows(order, dtype, tolerance):
+    """Linear against the product written out in float64, for 1 to 70 rows (a weight stored (out, in), F order here,
+    takes weight.T @ x.T for 2 to FEW_ROWS rows), as (B, T, in) stacks, with and without a bias: the shape, the
+    dtype, C-contiguous rows, and the values to rounding (relative to the product's scale, ~|x| |w| sqrt(in) = 8 here:
+    float32 sums of 64 terms round to ~1e-6 of it, float64 to ~1e-15)."""
+    rng = np.random.default_rng(0)
+    weight = np.asarray(rng.standard_normal((64, 48)), dtype=dtype, order=order)  # canonical (in, out)
+    bias = rng.standard_normal(48).astype(dtype)
+    for n in [1, 2, 3, 8, 16, 63, 64, 65, 70]:
+        for b in (bias, None):
+            linear = gpt2_numpy.model.Linear(weight, b)
+            x = rng.standard_normal((n, 1, 64)).astype(dtype)  # n sequences of one token: decoding n samples
+            y = linear(x)
+            expected = x.astype(np.float64) @ weight.astype(np.float64) + (0 if b is None else b)
+            assert y.shape == (n, 1, 48) and y.dtype == dtype and y.flags.c_contiguous
+            assert np.abs(y - expected).max() <= tolerance * 8, (n, b is None)
+    assert linear.stored_out_in == (order == "F")
+
+
 PEAK_RSS = """
 import json, sys
 import numpy as np
