@@ -31,11 +31,11 @@ CPU_SETTINGS = {
 
 
 def compile_step(step, device: torch.device, state, **options):
-    """step compiled with fullgraph=True (a graph break is an error, not a slow path) for device. options go to
-    torch.compile. On CUDA the step becomes a CUDAGraphStep, which reads state() (see there) before each call, unless
-    options name a mode (such as "reduce-overhead", torch.compile's own CUDA graphs): then torch.compile's. dynamic=False: each KV cache
-    shape (length, batch size) gets a graph of its own, with static shapes, which Inductor's C++ GEMM templates
-    and CUDA graphs need; otherwise Dynamo would make the second shape it sees dynamic, and slower."""
+    """step compiled with fullgraph=True (a graph break is an error, not a slow path) for device; options go to
+    torch.compile. On CUDA the step becomes a CUDAGraphStep, which reads state() (see there) before each call,
+    unless options name a mode (such as "reduce-overhead", torch.compile's own CUDA graphs). dynamic=False: each KV
+    cache shape (length, batch size) gets a graph of its own, with static shapes, which Inductor's C++ GEMM
+    templates and CUDA graphs need; otherwise Dynamo would make the second shape it sees dynamic, and slower."""
     options.setdefault("dynamic", False)
     if device.type == "cuda" and "mode" not in options:
         return CUDAGraphStep(torch.compile(step, fullgraph=True, **options), state)
