@@ -4,9 +4,10 @@
 
 For each GPT-2 shape (random weights): a token of generate with torch.compile's mode="reduce-overhead", and that
 token's parts (the inputs made into device tensors, the step called, its logits copied to the host, the sampler);
-then the same step captured by hand as a CUDA graph (what compiled_step.CUDAGraphStep does) with its inputs,
-logits and a greedy draw; and the GPU kernels of one step from the profiler, for the step compiled by Inductor's
-defaults, with coordinate-descent tuning, with max-autotune, and not compiled at all (the eager step in a graph).
+then the same step captured by hand as a CUDA graph (compiled_step.CapturedStep, what --compile now runs) with
+its inputs, logits and a greedy draw; and the GPU kernels of one step from the profiler, for the step compiled
+by Inductor's defaults, with coordinate-descent tuning, with max-autotune, and not compiled at all (the eager
+step in a graph).
 BENCHMARKS.md ("Measured and not adopted", and the CUDAGraphStep row) quotes its output on an H200,
 benchmarks/gpu_profile-2026-12-04.log.
 """
@@ -19,6 +20,7 @@ import numpy as np
 import torch
 
 from benchmarks.gpu import NEW_TOKENS, PROMPT_TOKENS, SHAPES, ours
+from gpt2_torch.compiled_step import CapturedStep, capture
 from weights.sampling import cache_length, sample_next
 
 DEVICE = torch.device("cuda")
@@ -53,7 +55,8 @@ def host_ms(fn, calls=50):
 
 def kernels(fn, label, steps=5, top=8):
     """Print the GPU kernels of fn: how many a call, their time, the span from the first to the last, the top ones."""
-    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA]) as prof:
+    activities = [torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA]
+    with torch.profiler.profile(activities=activities) as prof:
         for _ in range(steps):
             fn()
         torch.cuda.synchronize()
@@ -68,20 +71,6 @@ def kernels(fn, label, steps=5, top=8):
         by_name[e.name[:70]] = (count + 1, total + e.device_time)
     for name, (count, total) in sorted(by_name.items(), key=lambda kv: -kv[1][1])[:top]:
         log(f"     {total / steps / 1e3:7.3f} ms  x{count / steps:5.0f}  {name}")
-
-
-def captured(step, idx, pos):
-    """step captured as a CUDA graph after two runs on a side stream: (graph, its output)."""
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        for _ in range(2):
-            step(idx, pos)
-    torch.cuda.current_stream().wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        out = step(idx, pos)
-    return graph, out
 
 
 def profile(shape):
@@ -108,7 +97,10 @@ def profile(shape):
         token = np.zeros((1, 1), np.int64)
         idx = torch.zeros((1, 1), dtype=torch.long, device=DEVICE)
         pos = torch.tensor([PROMPT_TOKENS], device=DEVICE)
-        inputs = lambda: (torch.from_numpy(token.copy()).to(DEVICE), torch.tensor([PROMPT_TOKENS], device=DEVICE))  # noqa: E731
+
+        def inputs():  # what generate makes of a step's token and position
+            return torch.from_numpy(token.copy()).to(DEVICE), torch.tensor([PROMPT_TOKENS], device=DEVICE)
+
         log(f"  inputs to device: {host_ms(inputs):.3f} ms")
         step = model.compiled_decode_step
         log(f"  reduce-overhead step, call+sync: {ms_per_call(lambda: step(idx, pos)):.3f} ms; "
@@ -120,30 +112,24 @@ def profile(shape):
             f"{ms_per_call(lambda: sample_next(logits, rng, 0.8, 200, None)):.3f} ms")
         kernels(lambda: step(idx, pos), "reduce-overhead")
 
-        by_hand = torch.compile(model.decode_step, fullgraph=True, dynamic=False)
-        graph, out = captured(by_hand, idx, pos)
+        compiled = torch.compile(model.decode_step, fullgraph=True, dynamic=False)  # Inductor's defaults
+        by_hand = CapturedStep(compiled, idx, pos, model.kv_cache)
+        graph, out = by_hand.graph, by_hand.logits
         log(f"  Inductor's defaults, captured by hand: replay+sync {ms_per_call(graph.replay):.3f} ms; "
             f"host {host_ms(graph.replay):.3f} ms")
-        host = torch.empty(out.shape, dtype=out.dtype, pin_memory=True)
-
-        def token_by_hand():
-            idx.copy_(torch.from_numpy(token), non_blocking=True)
-            graph.replay()
-            host.copy_(out, non_blocking=True)
-            torch.cuda.synchronize()
-            return sample_next(host.numpy(), rng, 0, None, None)
-
+        token_by_hand = lambda: sample_next(by_hand(idx, pos).numpy(), rng, 0, None, None)  # noqa: E731
         log(f"  token by hand (inputs, replay, logits to the host, greedy): {ms_per_call(token_by_hand):.3f} ms")
         kernels(graph.replay, "Inductor's defaults, by hand")
-        eager_graph, _ = captured(model.decode_step, idx, pos)
+        eager_graph, _ = capture(model.decode_step, idx, pos)
         log(f"  eager step, captured by hand: replay+sync {ms_per_call(eager_graph.replay):.3f} ms")
         kernels(eager_graph.replay, "eager, by hand", top=6)
         for options in ({"coordinate_descent_tuning": True}, {"max_autotune": True}):
             torch._dynamo.reset()
             start = time.perf_counter()
-            tuned_graph, tuned = captured(torch.compile(model.decode_step, fullgraph=True, dynamic=False, options=options),
-                                          idx, pos)
-            log(f"  {options}: compile {time.perf_counter() - start:.0f} s, replay+sync {ms_per_call(tuned_graph.replay):.3f} ms")
+            tuned_step = torch.compile(model.decode_step, fullgraph=True, dynamic=False, options=options)
+            tuned_graph, tuned = capture(tuned_step, idx, pos)
+            log(f"  {options}: compile {time.perf_counter() - start:.0f} s, "
+                f"replay+sync {ms_per_call(tuned_graph.replay):.3f} ms")
             kernels(tuned_graph.replay, str(options), top=6)
             log(f"    max abs difference from Inductor's defaults' logits: {(tuned - out).abs().max().item():.3g}")
     model.kv_cache = None

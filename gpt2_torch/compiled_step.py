@@ -97,17 +97,7 @@ class CapturedStep:
         self.device = idx.device
         self.idx, self.pos = idx.clone(), pos.clone()  # the graph's inputs, at addresses of their own
         with torch.cuda.device(self.device):
-            # Run it twice before the capture (compiling, loading kernels, setting up cuBLAS), on a side stream as
-            # CUDA asks. Those runs write this step's keys and values into the cache, as the replay writes them again.
-            side = torch.cuda.Stream()
-            side.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(side):
-                for _ in range(2):
-                    step(self.idx, self.pos)
-            torch.cuda.current_stream().wait_stream(side)
-            self.graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(self.graph):
-                self.logits = step(self.idx, self.pos)  # (B, V) on the GPU, in the graph's memory
+            self.graph, self.logits = capture(step, self.idx, self.pos)  # logits (B, V) in the graph's memory
         self.host = torch.empty(self.logits.shape, dtype=self.logits.dtype, pin_memory=True)
 
     def __call__(self, idx, pos):
@@ -118,6 +108,22 @@ class CapturedStep:
             self.host.copy_(self.logits, non_blocking=True)
             torch.cuda.current_stream().synchronize()
         return self.host
+
+
+def capture(step, idx, pos):
+    """step(idx, pos) captured as a CUDA graph on the current device: (the graph, the output it replays into).
+    It runs twice before the capture (compiling, loading kernels, setting up cuBLAS), on a side stream as CUDA asks.
+    A decode step's runs write its keys and values into the cache, as each replay writes them again."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(2):
+            step(idx, pos)
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = step(idx, pos)
+    return graph, out
 
 
 def quiet_cpp_extension_import():
